@@ -1,0 +1,63 @@
+"""One typed Settings object: read from the environment and `.env`, validated at start-up."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MiB = 1024 * 1024
+
+
+class Settings(BaseSettings):
+    """Every knob Motif has. Names match the environment variables (case-insensitive)."""
+
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    # Models
+    device: Literal["cpu", "cuda", "auto"] = "auto"
+    generation_model: str = "facebook/musicgen-small"
+    embedding_model: str = "laion/clap-htsat-unfused"
+    generation_precision: Literal["auto", "fp32", "bf16", "fp16", "int8"] = Field(
+        "auto", description="auto: fp16 on CUDA, bf16 on CPUs with native bf16, else fp32"
+    )
+    embedding_precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    model_cache_dir: Path = Field(Path(".cache/motif"), description="where `tiny` models are built")
+    allow_model_download: bool = Field(
+        True, description="fetch missing models from the Hugging Face hub; false = local cache only"
+    )
+    num_threads: int = Field(0, ge=0, description="torch intra-op threads; 0 = all cores")
+
+    # Input limits
+    max_file_size: int = Field(100 * MiB, gt=0, description="bytes")
+    max_duration: float = Field(300.0, gt=0, description="seconds of decoded audio")
+
+    # Generation defaults
+    prompt_seconds: float = Field(10.0, gt=0, le=20, description="continuation: seconds of source as prompt")
+    window_seconds: float = Field(30.0, gt=5, le=30, description="MusicGen's context per window")
+    extend_overlap_seconds: float = Field(10.0, gt=0, le=20, description="long-form: context kept")
+    max_batch_size: int = Field(4, ge=1, le=64, description="generation jobs decoded together")
+
+    # Service
+    host: str = "0.0.0.0"
+    port: int = 8000
+    data_dir: Path = Path("data")
+    database_url: str | None = Field(None, description="SQLAlchemy URL; default sqlite in DATA_DIR")
+    max_job_attempts: int = Field(3, ge=1)
+    embedding_wait_seconds: float = Field(10.0, ge=0, description="GET /embedding waits this long")
+    log_level: str = "INFO"
+
+    @field_validator("log_level")
+    @classmethod
+    def _upper(cls, value: str) -> str:
+        return value.upper()
+
+    @property
+    def sqlite_path(self) -> Path:
+        return self.data_dir / "motif.db"
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.sqlite_path}"

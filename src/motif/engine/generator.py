@@ -1,0 +1,308 @@
+"""MusicGen token generation: conditioning, the delay pattern, long-form windows and a batched decode loop.
+
+Each request ("task") owns a pair of decoder slots (conditional, unconditional) and its own seeded
+torch.Generator, so what it samples never depends on what else shares the batch. Tasks join the running
+batch between any two decode steps and leave as soon as they finish, fail or are cancelled. Long outputs
+are made in windows of `window_frames`, each prompted with the exact last `overlap_frames` tokens of the
+one before (AudioCraft's extend_stride idea, but on tokens, so there is no re-encoding seam); the whole
+token sequence is decoded by EnCodec in one go at the end.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from motif.engine.chroma import melody_chroma
+from motif.engine.decoder import StaticCacheDecoder
+from motif.engine.models import LoadedGenerator
+from motif.engine.types import FRAMES_PER_SECOND, SAMPLE_RATE, CancelCheck, GenerationParams, ProgressCallback
+from motif.errors import GenerationCancelled
+
+log = logging.getLogger(__name__)
+
+PAD = 2048  # MusicGen's pad / decoder-start token, one past the codebook
+DECODE_CONTEXT_FRAMES = 50  # prompt frames decoded with the output so EnCodec starts "warm" (1 s)
+DECODE_SHARE = 95.0  # progress points given to token decoding; the rest is EnCodec and post-processing
+
+
+@dataclass
+class DecodeTask:
+    """One request as the decode loop sees it. Audio arrays are mono float32 at 32 kHz."""
+
+    key: str
+    text: str
+    params: GenerationParams
+    seed: int
+    n_frames: int  # new frames to produce (duration * 50)
+    prompt_audio: np.ndarray | None = None  # continuation: the source's tail
+    melody_audio: np.ndarray | None = None  # melody: the source whose chroma conditions each window
+    progress: ProgressCallback | None = None
+    should_cancel: CancelCheck | None = None
+    on_done: Callable[[np.ndarray | BaseException], None] | None = None
+
+
+@dataclass
+class _Window:
+    seq: torch.Tensor  # (K, F + K) tokens in delay-pattern layout; PAD where nothing is known yet
+    known: torch.Tensor  # (K, F + K) bool: prompt or pad positions that sampling must not overwrite
+    n_prompt: int  # P frames of prompt in this window
+    n_frames: int  # F = P + new frames
+    pos: int  # last position fed to the decoder
+
+
+@dataclass
+class _Active:
+    task: DecodeTask
+    generator: torch.Generator
+    frames: torch.Tensor  # (K, n) all frames so far: source prompt then generated
+    n_source_frames: int
+    window: _Window | None = None
+    steps_done: int = 0
+    steps_total: int = 1
+    last_progress: int = -1
+    text_states: torch.Tensor | None = None  # (keys, hidden) conditional text memory
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class MusicGenerator:
+    """Runs DecodeTasks on one loaded MusicGen model. One decode loop at a time (callers serialise)."""
+
+    def __init__(
+        self, loaded: LoadedGenerator, window_frames: int = 1500, overlap_frames: int = 500, max_batch: int = 4
+    ) -> None:
+        self.loaded = loaded
+        self.model = loaded.model
+        self.n_codebooks = self.model.decoder.config.num_codebooks
+        self.window_frames = window_frames
+        self.overlap_frames = overlap_frames
+        self.max_batch = max_batch
+        prefix = self.model.config.chroma_length + 256 if loaded.is_melody else 0
+        self.decoder = StaticCacheDecoder(self.model, loaded.is_melody, window_frames + self.n_codebooks + prefix + 2)
+
+    # ---------------------------------------------------------------- the loop
+
+    def run(self, tasks: list[DecodeTask], take_more: Callable[[int], list[DecodeTask]] | None = None) -> None:
+        """Decode tasks (and those take_more adds between steps) until all are done; results go to on_done."""
+        active: list[_Active] = []
+        waiting = list(tasks)
+        while True:
+            if take_more is not None and len(active) + len(waiting) < self.max_batch:
+                waiting += take_more(self.max_batch - len(active) - len(waiting))
+            while waiting and len(active) < self.max_batch:
+                task = waiting.pop(0)
+                try:
+                    state = self._start(task, slot=2 * len(active))
+                except Exception as error:  # one bad task must not sink the batch
+                    _finish(task, error)
+                    continue
+                active.append(state)
+            if not active:
+                return
+            self._step(active)
+
+    def _step(self, active: list[_Active]) -> None:
+        tokens = torch.stack([a.window.seq[:, a.window.pos] for a in active for _ in range(2)])  # type: ignore[union-attr]
+        logits = self.decoder.step(tokens)
+        finished = []
+        for i, state in enumerate(active):
+            try:
+                if state.task.should_cancel is not None and state.task.should_cancel():
+                    raise GenerationCancelled(f"generation {state.task.key} was cancelled")
+                if self._advance(state, logits[2 * i], logits[2 * i + 1], slot=2 * i):
+                    _finish(state.task, self._render(state))
+                    finished.append(i)
+            except Exception as error:
+                _finish(state.task, error)
+                finished.append(i)
+        for i in sorted(finished, reverse=True):  # compact: the last pair moves into the freed pair
+            last = len(active) - 1
+            self.decoder.move_slot(2 * last, 2 * i)
+            self.decoder.move_slot(2 * last + 1, 2 * i + 1)
+            active[i] = active[last]
+            active.pop()
+
+    # ---------------------------------------------------------------- one task
+
+    def _start(self, task: DecodeTask, slot: int) -> _Active:
+        self.decoder.reserve(slot + 2)
+        generator = torch.Generator(device="cpu").manual_seed(task.seed)
+        frames = torch.zeros(self.n_codebooks, 0, dtype=torch.long)
+        if task.prompt_audio is not None and task.prompt_audio.size:
+            frames = self._encode_audio(task.prompt_audio)
+        state = _Active(task, generator, frames, n_source_frames=frames.shape[1])
+        state.text_states = self._encode_text(task.text)
+        state.steps_total = sum(n + self.n_codebooks - 1 for n in self._window_sizes(task.n_frames, frames.shape[1]))
+        self._open_window(state, slot)
+        return state
+
+    def _window_sizes(self, n_new: int, n_prompt: int) -> list[int]:
+        sizes = []
+        prompt = min(n_prompt, self.window_frames - 1)
+        while n_new > 0:
+            size = min(n_new, self.window_frames - prompt)
+            sizes.append(size)
+            n_new -= size
+            prompt = min(self.overlap_frames, n_prompt + sum(sizes))
+        return sizes
+
+    def _open_window(self, state: _Active, slot: int) -> None:
+        """Prefill both slots with the window's conditioning and prompt, then sample its first position."""
+        n_generated = state.frames.shape[1] - state.n_source_frames
+        limit = self.overlap_frames if n_generated else self.window_frames - 1
+        prompt = state.frames[:, max(0, state.frames.shape[1] - limit) :]
+        n_new = min(state.task.n_frames - n_generated, self.window_frames - prompt.shape[1])
+        state.window = window = _delay_pattern(prompt, prompt.shape[1] + n_new)
+        inputs = window.seq[:, : window.n_prompt + 1]
+        cond, uncond = self._conditioning(state, n_generated)
+        logits_c = self.decoder.prefill(slot, inputs, *cond)
+        logits_u = self.decoder.prefill(slot + 1, inputs, *uncond)
+        window.pos = window.n_prompt
+        self._advance(state, logits_c, logits_u, slot)
+
+    def _advance(self, state: _Active, logits_c: torch.Tensor, logits_u: torch.Tensor, slot: int) -> bool:
+        """Sample the next position from the logits; returns True when the whole task is done."""
+        window = state.window
+        assert window is not None
+        nxt = window.pos + 1
+        sampled = sample_next(logits_c, logits_u, state.task.params, state.generator)
+        window.seq[:, nxt] = torch.where(window.known[:, nxt], window.seq[:, nxt], sampled)
+        window.pos = nxt
+        state.steps_done += 1
+        _report(state)
+        if nxt < window.seq.shape[1] - 1:
+            return False
+        new = _undelay(window.seq, window.n_frames)[:, window.n_prompt :]
+        state.frames = torch.cat([state.frames, new], dim=1)
+        if state.frames.shape[1] - state.n_source_frames >= state.task.n_frames:
+            return True
+        self._open_window(state, slot)
+        return False
+
+    # ---------------------------------------------------------------- conditioning and codec
+
+    @torch.inference_mode()
+    def _encode_text(self, text: str) -> torch.Tensor:
+        """text -> (keys, decoder hidden) projected T5 states. Empty text still encodes (T5 sees </s>)."""
+        ids = self.loaded.tokenizer([text], return_tensors="pt", truncation=True, max_length=256)
+        device = self.loaded.device
+        states = self.model.text_encoder(
+            input_ids=ids["input_ids"].to(device), attention_mask=ids["attention_mask"].to(device)
+        ).last_hidden_state[0]
+        if self.model.text_encoder.config.hidden_size != self.model.decoder.config.hidden_size:
+            states = self.model.enc_to_dec_proj(states)
+        return states
+
+    def _conditioning(self, state: _Active, n_generated: int) -> tuple[tuple, tuple]:
+        text = state.text_states
+        assert text is not None
+        ones = torch.ones(text.shape[0], dtype=torch.bool)
+        if not self.loaded.is_melody:
+            return (text, ones), (torch.zeros_like(text), ones)
+        chroma_len = self.model.config.chroma_length
+        if state.task.melody_audio is not None:
+            offset = n_generated * SAMPLE_RATE // FRAMES_PER_SECOND
+            chroma = melody_chroma(_cyclic_slice(state.task.melody_audio, offset, 30 * SAMPLE_RATE))
+        else:
+            chroma = _null_chroma(1)
+        with torch.inference_mode():
+            proj = self.model.audio_enc_to_dec_proj
+            audio = proj(chroma.to(self.loaded.device, proj.weight.dtype)[None])[0]
+            null = proj(_null_chroma(1).to(self.loaded.device, proj.weight.dtype)[None])[0]
+        audio = audio.repeat(-(-chroma_len // audio.shape[0]), 1)[:chroma_len]
+        null = null.repeat(chroma_len, 1)
+        cond = torch.cat([audio, text])
+        uncond = torch.cat([null, torch.zeros_like(text)])
+        prefix_ok = torch.ones(cond.shape[0], dtype=torch.bool)
+        return (cond, prefix_ok), (uncond, prefix_ok)
+
+    @torch.inference_mode()
+    def _encode_audio(self, audio: np.ndarray) -> torch.Tensor:
+        """(samples,) at 32 kHz -> (K, frames) EnCodec codes."""
+        codec = self.model.audio_encoder
+        values = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))[None, None]
+        codes = codec.encode(values.to(self.loaded.device, next(codec.parameters()).dtype)).audio_codes
+        return codes[0, 0].cpu()
+
+    @torch.inference_mode()
+    def _render(self, state: _Active) -> np.ndarray:
+        """Decode generated frames (with a little prompt context) to (samples,) float32 at 32 kHz."""
+        context = min(DECODE_CONTEXT_FRAMES, state.n_source_frames)
+        codes = state.frames[:, state.n_source_frames - context :]
+        codec = self.model.audio_encoder
+        audio = codec.decode(codes[None, None].to(self.loaded.device), [None]).audio_values[0, 0]
+        hop = SAMPLE_RATE // FRAMES_PER_SECOND
+        audio = audio[context * hop : (context + state.task.n_frames) * hop]
+        return audio.float().cpu().numpy()
+
+
+# -------------------------------------------------------------------- pure helpers
+
+
+def sample_next(
+    logits_c: torch.Tensor, logits_u: torch.Tensor, params: GenerationParams, generator: torch.Generator
+) -> torch.Tensor:
+    """CFG, temperature, top-k, top-p, then one draw per codebook. (K, V) float32 each -> (K,) long."""
+    logits = logits_c if params.cfg_coef == 1.0 else logits_u + (logits_c - logits_u) * params.cfg_coef
+    logits = logits / max(params.temperature, 1e-5)
+    if params.top_k > 0:
+        kth = torch.topk(logits, min(params.top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if 0.0 < params.top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        cumulative = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cumulative - sorted_logits.softmax(-1) > params.top_p  # keep the token that crosses top_p
+        logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
+    probs = logits.softmax(-1)
+    return torch.multinomial(probs, 1, generator=generator)[:, 0]
+
+
+def _delay_pattern(prompt: torch.Tensor, n_frames: int) -> _Window:
+    """Lay out a window: position p of codebook k holds frame p - k - 1; PAD before and after."""
+    n_codebooks, n_prompt = prompt.shape
+    length = n_frames + n_codebooks
+    seq = torch.full((n_codebooks, length), PAD, dtype=torch.long)
+    known = torch.ones(n_codebooks, length, dtype=torch.bool)
+    for k in range(n_codebooks):
+        seq[k, k + 1 : k + 1 + n_prompt] = prompt[k]
+        known[k, k + 1 + n_prompt : k + 1 + n_frames] = False
+    return _Window(seq, known, n_prompt, n_frames, pos=0)
+
+
+def _undelay(seq: torch.Tensor, n_frames: int) -> torch.Tensor:
+    """(K, F + K) delay layout -> (K, F) frames."""
+    return torch.stack([seq[k, k + 1 : k + 1 + n_frames] for k in range(seq.shape[0])])
+
+
+def _null_chroma(n: int) -> torch.Tensor:
+    null = torch.zeros(n, 12)
+    null[:, 0] = 1.0
+    return null
+
+
+def _cyclic_slice(audio: np.ndarray, start: int, length: int) -> np.ndarray:
+    """length samples of audio from start, wrapping around: the melody repeats under long outputs."""
+    if audio.size == 0:
+        return np.zeros(length, dtype=np.float32)
+    index = (start + np.arange(min(length, max(audio.size, 1)))) % audio.size
+    return audio[index]
+
+
+def _report(state: _Active) -> None:
+    if state.task.progress is None:
+        return
+    value = int(DECODE_SHARE * state.steps_done / state.steps_total)
+    if value > state.last_progress:
+        state.last_progress = value
+        state.task.progress(float(value))
+
+
+def _finish(task: DecodeTask, outcome: np.ndarray | BaseException) -> None:
+    if isinstance(outcome, BaseException) and not isinstance(outcome, GenerationCancelled):
+        log.exception("generation %s failed", task.key, exc_info=outcome)
+    if task.on_done is not None:
+        task.on_done(outcome)
