@@ -129,6 +129,11 @@ class MusicGenerator:
     # ---------------------------------------------------------------- one task
 
     def _start(self, task: DecodeTask, slot: int) -> _Active:
+        if task.n_frames < 1:
+            raise ValueError(f"nothing to generate: {task.n_frames} frames requested")
+        for audio in (task.prompt_audio, task.melody_audio):
+            if audio is not None and not np.isfinite(audio).all():
+                raise ValueError("conditioning audio contains NaN or Inf samples")
         self.decoder.reserve(slot + 2)
         generator = torch.Generator(device="cpu").manual_seed(task.seed)
         frames = torch.zeros(self.n_codebooks, 0, dtype=torch.long)

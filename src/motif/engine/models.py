@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 TINY_GENERATION_IDS = {"tiny", "tiny-melody"}
 TINY_EMBEDDING_IDS = {"tiny"}
-TINY_BUILD_VERSION = "1"  # bump when a tiny builder changes so caches rebuild
+TINY_BUILD_VERSION = "2"  # bump when a tiny builder changes so caches rebuild
 
 _WORDS = (
     "a an and the of with in on for to by music song track piece beat drum drums bass guitar piano synth "
@@ -249,6 +249,16 @@ def _tiny_musicgen_configs(vocab_size: int) -> dict[str, Any]:
     return {"text_encoder": text, "audio_encoder": audio, "decoder": decoder}
 
 
+def randomize_codebooks(codec: Any) -> None:
+    """EnCodec's codebooks start as zeros (they are learnt by k-means); random ones make codes audible."""
+    with torch.no_grad():
+        for layer in codec.quantizer.layers:
+            book = layer.codebook
+            book.embed.normal_()
+            book.embed_avg.copy_(book.embed)
+            book.cluster_size.fill_(1.0)
+
+
 def _tiny_generation_config(model: Any) -> None:
     from transformers import GenerationConfig
 
@@ -284,6 +294,7 @@ def build_tiny_generator(cache_dir: Path, model_id: str = "tiny") -> Path:
             else:
                 parts["decoder"] = MusicgenDecoderConfig(**parts["decoder"])
                 model = MusicgenForConditionalGeneration(MusicgenConfig(**parts))
+            randomize_codebooks(model.audio_encoder)
         _tiny_generation_config(model)
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)

@@ -1,0 +1,32 @@
+"""Shared fixtures: one thread for torch, a session-wide cache of tiny models, seeded generators."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+# On a loaded 2-core box, two intra-op threads made tiny models ~50x slower; one is plenty for them.
+torch.set_num_threads(1)
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the hub
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+
+@pytest.fixture(scope="session")
+def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Tiny models are built once per test session (or reused from MOTIF_TEST_MODEL_CACHE)."""
+    shared = os.environ.get("MOTIF_TEST_MODEL_CACHE")
+    return Path(shared) if shared else tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(1234)
+
+
+@pytest.fixture(autouse=True)
+def _seed_torch() -> None:
+    torch.manual_seed(1234)
