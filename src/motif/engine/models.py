@@ -24,14 +24,17 @@ TINY_GENERATION_IDS = {"tiny", "tiny-melody"}
 TINY_EMBEDDING_IDS = {"tiny"}
 TINY_BUILD_VERSION = "2"  # bump when a tiny builder changes so caches rebuild
 
-_WORDS = (
-    "a an and the of with in on for to by music song track piece beat drum drums bass guitar piano synth "
-    "strings violin cello brass trumpet sax saxophone flute organ pad vocal choir ambient electronic rock "
-    "pop jazz blues classical hip hop house techno trance dubstep folk country funk soul reggae metal "
-    "orchestral cinematic lofi chill calm happy sad dark bright energetic relaxing epic melancholic "
-    "uplifting aggressive dreamy fast slow tempo bpm key major minor c d e f g a b sharp flat loud soft "
-    "acoustic electric warm cold heavy light groove melody rhythm harmony chord chords solo loop"
-).split()
+_WORDS = [
+    "a", "an", "and", "the", "of", "with", "in", "on", "for", "to", "by", "music", "song", "track", "piece",
+    "beat", "drum", "drums", "bass", "guitar", "piano", "synth", "strings", "violin", "cello", "brass",
+    "trumpet", "sax", "saxophone", "flute", "organ", "pad", "vocal", "choir", "ambient", "electronic", "rock",
+    "pop", "jazz", "blues", "classical", "hip", "hop", "house", "techno", "trance", "dubstep", "folk",
+    "country", "funk", "soul", "reggae", "metal", "orchestral", "cinematic", "lofi", "chill", "calm", "happy",
+    "sad", "dark", "bright", "energetic", "relaxing", "epic", "melancholic", "uplifting", "aggressive",
+    "dreamy", "fast", "slow", "tempo", "bpm", "key", "major", "minor", "c", "d", "e", "f", "g", "a", "b",
+    "sharp", "flat", "loud", "soft", "acoustic", "electric", "warm", "cold", "heavy", "light", "groove",
+    "melody", "rhythm", "harmony", "chord", "chords", "solo", "loop",
+]
 
 
 @dataclass

@@ -144,8 +144,8 @@ class Engine:
             elif s.allow_model_download:
                 states.append(ModelState(role, model_id, "missing", "not cached; will try the Hugging Face hub"))
             else:
-                states.append(ModelState(role, model_id, "missing",
-                                         "not cached and ALLOW_MODEL_DOWNLOAD=false: run `motif models pull`"))  # fmt: skip
+                detail = "not cached and ALLOW_MODEL_DOWNLOAD=false: run `motif models pull`"
+                states.append(ModelState(role, model_id, "missing", detail))
         return states
 
     # ---------------------------------------------------------------- embeddings

@@ -1,0 +1,187 @@
+"""`motif` command line: the engine without the HTTP service (embed, analyze, generate, models, bench, serve)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from motif.config import Settings
+from motif.engine.types import GenerationMode, GenerationParams, OutputFormat
+from motif.errors import MotifError
+
+app = typer.Typer(help="Motif: upload a piece of music, get more music like it.", no_args_is_help=True)
+models_app = typer.Typer(help="Pre-fetch and inspect the configured models.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+console = Console(stderr=True)
+
+
+def _settings() -> Settings:
+    settings = Settings()
+    logging.basicConfig(level=settings.log_level, format="%(levelname)s %(name)s: %(message)s")
+    return settings
+
+
+def _fail(error: Exception) -> None:
+    console.print(f"[bold red]error:[/] {error}")
+    raise typer.Exit(2)
+
+
+@app.command()
+def embed(
+    file: Path,
+    as_json: Annotated[bool, typer.Option("--json", help="print the whole vector as JSON")] = False,
+) -> None:
+    """Embed FILE with CLAP: a deterministic 512-d unit vector."""
+    from motif.audio import load_audio
+    from motif.engine import Engine
+
+    settings = _settings()
+    try:
+        decoded = load_audio(file, max_duration=settings.max_duration)
+        engine = Engine(settings)
+        vector = engine.embed_audio(decoded.samples, decoded.sample_rate)
+    except MotifError as error:
+        _fail(error)
+    if as_json:
+        doc = {"embedding": [round(float(v), 7) for v in vector], "model": settings.embedding_model,
+               "dim": int(vector.size), "duration": decoded.duration}  # fmt: skip
+        typer.echo(json.dumps(doc))
+        return
+    norm = np.linalg.norm(vector)
+    typer.echo(f"{file}: {vector.size}-d CLAP vector from {settings.embedding_model}, norm {norm:.4f}")
+    typer.echo("first values: " + " ".join(f"{v:+.4f}" for v in vector[:8]))
+
+
+@app.command()
+def analyze(file: Path) -> None:
+    """Tempo, key, loudness and spectral shape of FILE."""
+    from motif.analysis import analyze as run_analysis
+    from motif.audio import load_audio
+
+    settings = _settings()
+    try:
+        decoded = load_audio(file, max_duration=settings.max_duration)
+    except MotifError as error:
+        _fail(error)
+    table = Table(title=str(file), show_header=False)
+    for name, value in run_analysis(decoded.samples, decoded.sample_rate).to_dict().items():
+        table.add_row(name, f"{value:.2f}" if isinstance(value, float) else str(value))
+    Console().print(table)
+
+
+@app.command()
+def generate(
+    file: Path,
+    output: Annotated[Path, typer.Option("-o", "--output", help="where to write the audio")],
+    mode: Annotated[GenerationMode | None, typer.Option(help="default: melody for melody models")] = None,
+    duration: Annotated[float, typer.Option(min=5, max=120, help="seconds of new audio")] = 10.0,
+    temperature: Annotated[float, typer.Option(min=0.1, max=2.0)] = 1.0,
+    top_k: Annotated[int, typer.Option(min=0, max=500)] = 250,
+    top_p: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.0,
+    cfg_coef: Annotated[float, typer.Option("--cfg", min=1.0, max=10.0)] = 3.0,
+    prompt: Annotated[str | None, typer.Option(help="optional text to steer the music")] = None,
+    seed: Annotated[int | None, typer.Option(help="same seed and parameters: same audio")] = None,
+    fmt: Annotated[OutputFormat | None, typer.Option("--format", help="default: from the file name")] = None,
+) -> None:
+    """Generate new music like FILE and write it to OUTPUT (WAV 32 kHz unless --format or suffix says)."""
+    from motif.audio import load_audio, write_audio
+    from motif.engine import Engine
+
+    settings = _settings()
+    fmt = fmt or _format_from_suffix(output)
+    params = GenerationParams(duration=duration, temperature=temperature, top_k=top_k, top_p=top_p,
+                              cfg_coef=cfg_coef, mode=mode, prompt=prompt, seed=seed, format=fmt)  # fmt: skip
+    try:
+        decoded = load_audio(file, sample_rate=32_000, max_duration=settings.max_duration)
+        with _progress() as progress:
+            bar = progress.add_task("generating", total=100)
+            result = Engine(settings).generate(decoded.samples, decoded.sample_rate, params,
+                                               progress=lambda p: progress.update(bar, completed=p))  # fmt: skip
+        write_audio(output, result.audio, result.sample_rate, fmt.value)
+    except MotifError as error:
+        _fail(error)
+    similarity = "n/a" if result.similarity is None else f"{result.similarity:.3f}"
+    typer.echo(f"wrote {output} ({duration:g} s, mode {result.mode}, seed {result.seed}, similarity {similarity})")
+    if result.description:
+        typer.echo(f"description: {result.description}")
+
+
+def _format_from_suffix(path: Path) -> OutputFormat:
+    suffix = path.suffix.lower().lstrip(".")
+    return OutputFormat(suffix) if suffix in {f.value for f in OutputFormat} else OutputFormat.WAV
+
+
+def _progress() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+                    TimeElapsedColumn(), console=console)  # fmt: skip
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """Show each configured model and whether it is loaded, cached, or missing."""
+    from motif.engine import Engine
+
+    table = Table("role", "model", "state", "detail")
+    for state in Engine(_settings()).model_states():
+        table.add_row(state.role, state.model_id, state.state, state.detail)
+    Console().print(table)
+
+
+@models_app.command("pull")
+def models_pull() -> None:
+    """Download (or build, for `tiny`) the configured models into the local cache, then load each once."""
+    from motif.engine import Engine
+    from motif.engine.models import TINY_EMBEDDING_IDS, TINY_GENERATION_IDS
+
+    settings = _settings()
+    for model_id in (settings.generation_model, settings.embedding_model):
+        if model_id in TINY_GENERATION_IDS | TINY_EMBEDDING_IDS or Path(model_id).is_dir():
+            continue
+        from huggingface_hub import snapshot_download
+
+        console.print(f"downloading {model_id} ...")
+        try:
+            path = snapshot_download(model_id)
+        except Exception as error:  # the hub's errors are many; the message is what matters
+            _fail(MotifError(f"could not download {model_id}: {error}"))
+        console.print(f"  cached at {path}")
+    engine = Engine(settings.model_copy(update={"allow_model_download": False}))
+    try:
+        engine.load()
+    except MotifError as error:
+        _fail(error)
+    console.print("[green]all configured models load offline[/]")
+
+
+@app.command()
+def bench(quick: Annotated[bool, typer.Option(help="small shapes, for CI smoke")] = False) -> None:
+    """Benchmark the real architectures (random weights): baseline vs Motif, batching, CLAP, memory."""
+    from motif import bench as bench_module
+
+    sys.exit(bench_module.main(["--quick"] if quick else []))
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="default: HOST")] = None,
+    port: Annotated[int | None, typer.Option(help="default: PORT")] = None,
+) -> None:
+    """Run the HTTP API (what start.sh runs)."""
+    import uvicorn
+
+    settings = _settings()
+    uvicorn.run("motif.service.api.app:create_app", factory=True, host=host or settings.host,
+                port=port or settings.port, log_level=settings.log_level.lower())  # fmt: skip
+
+
+if __name__ == "__main__":
+    app()
