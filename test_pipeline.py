@@ -20,6 +20,7 @@ def make_test_audio(path: Path, seconds: float = 12.0, sample_rate: int = 32_000
     """A little piece: an A-minor chord progression over a kick on every beat at 100 BPM."""
     from motif.audio import write_audio
 
+    path.parent.mkdir(parents=True, exist_ok=True)
     t = np.arange(int(seconds * sample_rate)) / sample_rate
     chords = [(220.0, 261.63, 329.63), (174.61, 220.0, 261.63), (196.0, 246.94, 293.66), (164.81, 207.65, 246.94)]
     bar = 4 * 60 / 100
@@ -60,6 +61,7 @@ def main(argv: list[str]) -> int:
             print(f"\r4. generating: {percent:3.0f}%", end="", flush=True)
 
         result = engine.generate(decoded.samples, decoded.sample_rate, params, progress=show)
+        (data / "generated").mkdir(parents=True, exist_ok=True)
         out = write_audio(data / "generated" / "test_generated.wav", result.audio, result.sample_rate, "wav")
         print(f"\n5. wrote {out}: {result.audio.size / result.sample_rate:.2f} s, similarity {result.similarity}")
         print(f"done in {time.perf_counter() - started:.1f} s")

@@ -108,6 +108,9 @@ def _unavailable(model_id: str, role: str, env: str, error: BaseException) -> Mo
 
 def _from_pretrained(cls: Any, path: str, allow_download: bool, **kwargs: Any) -> Any:
     """Local files first (fast, offline-safe); the hub only if allowed and the local try failed."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # per-shard bars are noise in server logs
     try:
         return cls.from_pretrained(path, local_files_only=True, **kwargs)
     except OSError:
