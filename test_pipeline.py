@@ -37,7 +37,6 @@ def make_test_audio(path: Path, seconds: float = 12.0, sample_rate: int = 32_000
 def main(argv: list[str]) -> int:
     from motif.analysis import analyze
     from motif.audio import load_audio, write_audio
-
     from motif.config import Settings
     from motif.engine import Engine, GenerationParams
     from motif.errors import MotifError

@@ -1,0 +1,1 @@
+"""The HTTP service: FastAPI routes over durable jobs, SQL metadata and blob storage. Knows nothing of torch."""

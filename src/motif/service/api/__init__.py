@@ -1,0 +1,1 @@
+"""FastAPI layer: app factory, thin routes, schemas, dependencies."""

@@ -1,0 +1,28 @@
+"""GET /health: ready or not, each model's state (and why it is missing), queue depth, workers."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from motif import __version__
+from motif.service.api.deps import ServicesDep
+from motif.service.api.schemas import Health, ModelHealth, QueueDepth
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/health", response_model=Health)
+def health(services: ServicesDep) -> Health:
+    """Always 200 while the process serves; `ready` says whether jobs can run now."""
+    models = [ModelHealth(role=m.role, model_id=m.model_id, state=m.state, detail=m.detail)
+              for m in services.engine.model_states()]  # fmt: skip
+    workers = services.workers.alive()
+    ready = all(m.state == "loaded" for m in models) and all(workers.values())
+    if ready:
+        status = "ok"
+    elif any(m.state == "error" for m in models) or not all(workers.values()):
+        status = "degraded"
+    else:
+        status = "starting"
+    queue = {kind: QueueDepth(**depth) for kind, depth in services.queue.depth().items()}
+    return Health(status=status, ready=ready, version=__version__, models=models, queue=queue, workers=workers)

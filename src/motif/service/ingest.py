@@ -1,0 +1,74 @@
+"""Accepting an upload: decode it once to prove it is usable audio, then store it with its row, atomically.
+
+Files are written before the row that points at them and removed on any failure, so a refused or
+interrupted upload leaves nothing behind (start-up sweeps what a killed process could not remove).
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import unicodedata
+from pathlib import Path
+
+import numpy as np
+
+from motif.analysis import analyze
+from motif.audio import load_audio, resample
+from motif.engine import SAMPLE_RATE
+from motif.errors import EmptyAudioError
+from motif.service.jobs import JobKind
+from motif.service.runtime import Services
+from motif.service.store import AudioRow, new_id
+
+MAX_FILENAME_CHARS = 255
+# FFmpeg demuxer name -> the suffix the stored original gets (for people browsing DATA_DIR).
+_SUFFIXES = {"wav": ".wav", "mp3": ".mp3", "flac": ".flac", "ogg": ".ogg", "aiff": ".aiff", "matroska,webm": ".webm",
+             "mov,mp4,m4a,3gp,3g2,mj2": ".m4a", "aac": ".aac", "w64": ".w64", "caf": ".caf"}  # fmt: skip
+
+
+def clean_filename(name: str | None) -> str:
+    """The client's file name as display metadata: last path component, printable, at most 255 chars."""
+    name = unicodedata.normalize("NFC", name or "")
+    name = re.split(r"[\\/]", name)[-1]
+    name = "".join(ch for ch in name if unicodedata.category(ch)[0] != "C").strip()
+    return name[:MAX_FILENAME_CHARS] or "upload"
+
+
+def ingest_upload(services: Services, staged: Path, filename: str, size: int) -> AudioRow:
+    """Decode, analyse and store a fully received upload; runs in a worker thread, never on the event loop.
+
+    `staged` is a temp file in the blob store's staging area; on success it is moved into uploads/.
+    Raises the AudioError subclasses of `load_audio` (the API maps them to 413/415/422).
+    """
+    if size == 0:
+        raise EmptyAudioError("The file is empty.")
+    settings, blobs = services.settings, services.blobs
+    decoded = load_audio(staged, max_duration=settings.max_duration)
+    analysis = analyze(decoded.samples, decoded.sample_rate).to_dict()
+    processed = resample(decoded.samples, decoded.sample_rate, SAMPLE_RATE).astype(np.float32)
+    audio_id = new_id()
+    upload_key = f"uploads/{audio_id}{_SUFFIXES.get(decoded.container, '.bin')}"
+    processed_key = f"processed/{audio_id}.npy"
+    row = AudioRow(id=audio_id, filename=clean_filename(filename), size_bytes=size, duration=decoded.duration,
+                   sample_rate=decoded.source_sample_rate, channels=decoded.source_channels, codec=decoded.codec,
+                   container=decoded.container, analysis=analysis, upload_key=upload_key,
+                   processed_key=processed_key)  # fmt: skip
+    try:
+        blobs.put_bytes(processed_key, _npy_bytes(processed))
+        blobs.put_file(upload_key, staged)
+        with services.db.transaction() as session:
+            session.add(row)
+            services.queue.enqueue(session, JobKind.EMBEDDING, audio_id)
+    except BaseException:
+        blobs.delete(processed_key)
+        blobs.delete(upload_key)
+        raise
+    services.workers.wake(JobKind.EMBEDDING)
+    return row
+
+
+def _npy_bytes(samples: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, samples, allow_pickle=False)
+    return buffer.getvalue()

@@ -1,0 +1,328 @@
+"""The in-process workers: threads that keep the models loaded and run jobs off the event loop.
+
+One thread embeds uploads and one runs generation batches, so an upload's embedding never waits behind
+a two-minute generation. Progress reaches the job row throttled; cancellation is a flag the decode loop
+polls; every outcome (result, cancel, error, even a bug) ends as a committed final state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from motif.audio import encode_audio, load_audio
+from motif.config import Settings
+from motif.engine import Engine, GenerationMode, GenerationParams, GenerationResult, OutputFormat
+from motif.engine.pipeline import GenerationJob
+from motif.errors import GenerationCancelled, ModelUnavailableError, MotifError
+from motif.service.blobs import BlobStore
+from motif.service.jobs import ErrorCode, JobKind, JobQueue
+from motif.service.store import AudioRow, Database, JobRow, get_embedding, save_embedding
+
+log = logging.getLogger(__name__)
+
+PROGRESS_MIN_STEP = 1.0  # percentage points between two progress writes
+PROGRESS_MIN_INTERVAL = 0.5  # seconds between two progress writes
+CANCEL_POLL_INTERVAL = 1.0  # seconds between two reads of a job's cancel flag in the database
+IDLE_POLL_INTERVAL = 1.0  # seconds a worker sleeps when the queue is empty and nobody wakes it
+MEDIA_TYPES = {OutputFormat.WAV: "audio/wav", OutputFormat.FLAC: "audio/flac", OutputFormat.MP3: "audio/mpeg"}
+
+
+class JobEvents:
+    """Lets async request handlers wait for a job to change without polling the database in a loop."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._waiters: dict[str, list[tuple[asyncio.AbstractEventLoop, asyncio.Event]]] = {}
+
+    def subscribe(self, job_id: str) -> asyncio.Event:
+        """Call on the event loop; the event is set at the job's next publish. Pair with `unsubscribe`."""
+        event = asyncio.Event()
+        with self._lock:
+            self._waiters.setdefault(job_id, []).append((asyncio.get_running_loop(), event))
+        return event
+
+    def unsubscribe(self, job_id: str, event: asyncio.Event) -> None:
+        with self._lock:
+            waiters = [w for w in self._waiters.get(job_id, []) if w[1] is not event]
+            if waiters:
+                self._waiters[job_id] = waiters
+            else:
+                self._waiters.pop(job_id, None)
+
+    def publish(self, job_id: str) -> None:
+        """Thread-safe: wake everyone waiting on `job_id`."""
+        with self._lock:
+            waiters = self._waiters.pop(job_id, [])
+        for loop, event in waiters:
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(event.set)
+
+
+class ProgressReporter:
+    """A ProgressCallback that writes to the job row at most every PROGRESS_MIN_INTERVAL s and 1 point."""
+
+    def __init__(self, queue: JobQueue, job_id: str) -> None:
+        self.queue, self.job_id = queue, job_id
+        self.written, self.written_at = 0.0, time.monotonic()
+
+    def __call__(self, progress: float) -> None:
+        now = time.monotonic()
+        if progress - self.written >= PROGRESS_MIN_STEP and now - self.written_at >= PROGRESS_MIN_INTERVAL:
+            self.queue.set_progress(self.job_id, progress)
+            self.written, self.written_at = progress, now
+
+
+class _Worker(threading.Thread):
+    """Claims jobs of one kind until stopped; subclasses run them."""
+
+    kind: JobKind
+
+    def __init__(self, ctx: WorkerContext) -> None:
+        super().__init__(name=f"motif-{self.kind.value}-worker", daemon=True)
+        self.ctx = ctx
+        self.wakeup = threading.Event()
+
+    def run(self) -> None:
+        self.warm_up()
+        while not self.ctx.stopping.is_set():
+            self.wakeup.clear()
+            try:
+                worked = self.run_once()
+            except Exception:  # a bug must not kill the thread; the job was already settled below
+                log.exception("%s worker error", self.kind.value)
+                worked = False
+            if not worked:
+                self.wakeup.wait(IDLE_POLL_INTERVAL)
+
+    def warm_up(self) -> None:
+        """Load the model now so the first job does not pay for it; a missing model is reported, not fatal."""
+
+    def run_once(self) -> bool:
+        raise NotImplementedError
+
+    def settle(self, job_id: str, error: BaseException) -> None:
+        """Turn an exception into the job's final state."""
+        queue = self.ctx.queue
+        if isinstance(error, GenerationCancelled):
+            if self.ctx.stopping.is_set() and not queue.is_cancel_requested(job_id):
+                queue.release(job_id)  # shutting down: it runs again at the next start
+            else:
+                queue.mark_cancelled(job_id)
+        elif isinstance(error, ModelUnavailableError):
+            queue.fail(job_id, str(error), ErrorCode.MODEL_UNAVAILABLE)
+        elif isinstance(error, MotifError):  # InvalidRequestError, an AudioError from a stored file
+            queue.fail(job_id, str(error), ErrorCode.INVALID_REQUEST)
+        else:
+            log.error("%s job %s failed", self.kind.value, job_id, exc_info=error)
+            queue.fail(job_id, f"internal error: {type(error).__name__}: {error}", ErrorCode.INTERNAL)
+        self.ctx.events.publish(job_id)
+
+
+class EmbeddingWorker(_Worker):
+    kind = JobKind.EMBEDDING
+
+    def warm_up(self) -> None:
+        try:
+            _ = self.ctx.engine.embedder
+        except ModelUnavailableError as error:
+            log.error("embedding model unavailable: %s", error)
+        except Exception:  # jobs will retry the load and fail with the reason; the thread must live
+            log.exception("could not load the embedding model")
+
+    def run_once(self) -> bool:
+        claimed = self.ctx.queue.claim(JobKind.EMBEDDING, 1)
+        for job in claimed:
+            try:
+                self.embed(job)
+            except Exception as error:
+                self.settle(job.id, error)
+        return bool(claimed)
+
+    def embed(self, job: JobRow) -> None:
+        """Decode the original upload at its own rate (as `motif embed` does) and store its CLAP vector."""
+        ctx = self.ctx
+        with ctx.db.session() as session:
+            audio = session.get(AudioRow, job.audio_id)
+        if audio is None:
+            return  # deleted meanwhile: its jobs went with it
+        with ctx.blobs.open(audio.upload_key) as file:
+            decoded = load_audio(file, max_duration=ctx.settings.max_duration)
+        vector = ctx.engine.embed_audio(decoded.samples, decoded.sample_rate)
+        model, version = ctx.settings.embedding_model, ctx.engine.pipeline_version
+        with ctx.db.transaction() as session:
+            if session.get(AudioRow, job.audio_id) is not None:
+                save_embedding(session, job.audio_id, model, version, vector)
+                ctx.queue.complete(job.id, {"model": model, "dim": int(vector.size)}, session=session)
+        ctx.events.publish(job.id)
+
+
+class GenerationWorker(_Worker):
+    kind = JobKind.GENERATION
+
+    def __init__(self, ctx: WorkerContext) -> None:
+        super().__init__(ctx)
+        self.in_flight: set[str] = set()
+        self.cancelled: set[str] = set()
+        self._cancel_checked: dict[str, float] = {}
+        self._claimed_at = 0.0
+
+    def warm_up(self) -> None:
+        try:
+            _ = self.ctx.engine.generator
+        except ModelUnavailableError as error:
+            log.error("generation model unavailable: %s", error)
+        except Exception:
+            log.exception("could not load the generation model")
+
+    def run_once(self) -> bool:
+        jobs = self.take(self.ctx.settings.max_batch_size)
+        if not jobs:
+            return False
+        failure: Exception | None = None
+        try:
+            self.ctx.engine.run_batch(jobs, self.take_more)
+        except Exception as error:  # the engine failed as a whole (not one job): fail its jobs with the reason
+            log.exception("generation batch failed")
+            failure = error
+        for job_id in list(self.in_flight):  # never leave a job processing without an outcome
+            self.settle(job_id, failure or RuntimeError("the generator stopped without a result"))
+            self.in_flight.discard(job_id)
+        return True
+
+    def take_more(self, n_free: int) -> list[GenerationJob]:
+        """Called between decode steps: look at the queue only when woken by a new job, or once a second."""
+        now = time.monotonic()
+        if not self.wakeup.is_set() and now - self._claimed_at < IDLE_POLL_INTERVAL:
+            return []
+        self.wakeup.clear()
+        return self.take(n_free)
+
+    def take(self, n_free: int) -> list[GenerationJob]:
+        """Claim up to n_free queued generations (oldest first) and turn them into engine jobs."""
+        self._claimed_at = time.monotonic()
+        if self.ctx.stopping.is_set():
+            return []
+        jobs = []
+        for row in self.ctx.queue.claim(JobKind.GENERATION, n_free):
+            self.in_flight.add(row.id)
+            try:
+                jobs.append(self.prepare(row))
+            except Exception as error:
+                self.finish(row, error)
+        return jobs
+
+    def prepare(self, row: JobRow) -> GenerationJob:
+        ctx = self.ctx
+        with ctx.db.session() as session:
+            audio = session.get(AudioRow, row.audio_id)
+            if audio is None:
+                raise GenerationCancelled("the upload was deleted")
+            embedding = get_embedding(session, audio.id, ctx.settings.embedding_model, ctx.engine.pipeline_version)
+        with ctx.blobs.open(audio.processed_key) as file:
+            source = np.load(io.BytesIO(file.read()), allow_pickle=False)
+        return GenerationJob(
+            source=source, params=params_from_row(row.params), progress=ProgressReporter(ctx.queue, row.id),
+            should_cancel=lambda: self.should_cancel(row.id), on_done=lambda outcome: self.finish(row, outcome),
+            key=row.id, source_embedding=None if embedding is None else embedding.array(), analysis=audio.analysis,
+        )  # fmt: skip
+
+    def should_cancel(self, job_id: str) -> bool:
+        if self.ctx.stopping.is_set() or job_id in self.cancelled:
+            return True
+        now = time.monotonic()
+        if now - self._cancel_checked.get(job_id, 0.0) >= CANCEL_POLL_INTERVAL:
+            self._cancel_checked[job_id] = now
+            if self.ctx.queue.is_cancel_requested(job_id):  # another process may have asked
+                self.cancelled.add(job_id)
+                return True
+        return False
+
+    def finish(self, row: JobRow, outcome: GenerationResult | BaseException) -> None:
+        try:
+            if isinstance(outcome, BaseException):
+                self.settle(row.id, outcome)
+            else:
+                self.store(row, outcome)
+        except Exception as error:  # e.g. a full disk while writing the result
+            self.settle(row.id, error)
+        finally:
+            self.in_flight.discard(row.id)
+            self.cancelled.discard(row.id)
+            self._cancel_checked.pop(row.id, None)
+
+    def store(self, row: JobRow, result: GenerationResult) -> None:
+        """Write the audio first, then mark the row completed: a crash in between only re-runs the job."""
+        fmt = OutputFormat(row.params.get("format", OutputFormat.WAV.value))
+        key = f"generated/{row.id}.{fmt.value}"
+        self.ctx.blobs.put_bytes(key, encode_audio(result.audio, result.sample_rate, fmt))
+        summary = {"similarity": result.similarity, "description": result.description, "seed": result.seed,
+                   "mode": result.mode.value, "sample_rate": result.sample_rate,
+                   "duration": result.audio.shape[0] / result.sample_rate, "timings": result.timings}  # fmt: skip
+        if not self.ctx.queue.complete(row.id, summary, key):
+            self.ctx.blobs.delete(key)  # deleted or cancelled meanwhile
+        self.ctx.events.publish(row.id)
+
+
+def params_from_row(params: dict[str, Any]) -> GenerationParams:
+    """The JSON a generation row stores -> the engine's frozen GenerationParams."""
+    values = dict(params)
+    if values.get("mode") is not None:
+        values["mode"] = GenerationMode(values["mode"])
+    values["format"] = OutputFormat(values.get("format", OutputFormat.WAV.value))
+    return GenerationParams(**values)
+
+
+@dataclass
+class WorkerContext:
+    """What the worker threads share: settings, engine, storage, queue, events and the stop flag."""
+
+    settings: Settings
+    engine: Engine
+    db: Database
+    blobs: BlobStore
+    queue: JobQueue
+    events: JobEvents
+    stopping: threading.Event = field(default_factory=threading.Event)
+
+
+class Workers:
+    """The worker threads of one process: start, wake, cancel, stop."""
+
+    def __init__(self, ctx: WorkerContext) -> None:
+        self.ctx = ctx
+        self.embedding = EmbeddingWorker(ctx)
+        self.generation = GenerationWorker(ctx)
+        self._threads: dict[JobKind, _Worker] = {JobKind.EMBEDDING: self.embedding, JobKind.GENERATION: self.generation}
+
+    def start(self) -> None:
+        for thread in self._threads.values():
+            thread.start()
+
+    def wake(self, kind: JobKind) -> None:
+        self._threads[kind].wakeup.set()
+
+    def cancel(self, job_id: str) -> None:
+        self.generation.cancelled.add(job_id)
+
+    def alive(self) -> dict[str, bool]:
+        return {kind.value: thread.is_alive() for kind, thread in self._threads.items()}
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Interrupt running jobs (they go back to the queue) and wait for the threads to exit."""
+        self.ctx.stopping.set()
+        for thread in self._threads.values():
+            thread.wakeup.set()
+        deadline = time.monotonic() + timeout
+        for thread in self._threads.values():
+            if thread.is_alive():
+                thread.join(max(0.0, deadline - time.monotonic()))
+        if any(t.is_alive() for t in self._threads.values()):
+            log.warning("workers still busy after %.0f s; their jobs are re-queued at the next start", timeout)
