@@ -169,8 +169,10 @@ def _uploaded(client: httpx.Client, song: Path) -> str:
     return _song_ids["id"]
 
 
-def test_a_request_the_model_cannot_serve_fails_with_the_reason(client: httpx.Client, song: Path) -> None:
-    created = client.post(f"/api/generate/{_uploaded(client, song)}", json={"duration": 5, "mode": "melody"})
-    assert created.status_code == 202
-    final = poll_status(client, created.json()["generation_id"], timeout=30)[-1]
-    assert final["status"] == "failed" and final["error_code"] == "invalid_request" and "melody" in final["error"]
+def test_a_mode_the_model_cannot_serve_is_refused_up_front(client: httpx.Client, song: Path) -> None:
+    audio_id = _uploaded(client, song)
+    before = client.get("/api/generations", params={"audio_id": audio_id}).json()
+    refused = client.post(f"/api/generate/{audio_id}", json={"duration": 5, "mode": "melody"})
+    assert refused.status_code == 422
+    assert "MusicGen-Melody" in refused.json()["detail"]
+    assert client.get("/api/generations", params={"audio_id": audio_id}).json() == before  # no job row made

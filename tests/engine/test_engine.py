@@ -66,8 +66,11 @@ def test_style_mode_captions_the_source_and_conditions_on_that_text(engine: Engi
 
 def test_melody_mode_needs_a_melody_model(engine: Engine, source: np.ndarray, model_cache: Path) -> None:
     with pytest.raises(InvalidRequestError, match="MusicGen-Melody"):
+        Engine(_settings(model_cache)).check_mode(GenerationMode.MELODY)  # known from the id, nothing loaded
+    with pytest.raises(InvalidRequestError, match="MusicGen-Melody"):
         engine.generate(source, SAMPLE_RATE, GenerationParams(duration=5.0, mode=GenerationMode.MELODY))
     melody = Engine(_settings(model_cache, generation_model="tiny-melody"))
+    melody.check_mode(GenerationMode.MELODY)
     result = melody.generate(source, SAMPLE_RATE, GenerationParams(duration=5.0, seed=3))
     assert result.mode is GenerationMode.MELODY and result.audio.shape == (5 * SAMPLE_RATE,)
 

@@ -129,6 +129,26 @@ def is_locally_available(model_id: str, cache_dir: Path) -> bool:
     return isinstance(found, str)
 
 
+def is_melody_model(model_id: str) -> bool | None:
+    """Whether a generation model is MusicGen-Melody, from its config alone; None if that is not at hand."""
+    if model_id in TINY_GENERATION_IDS:
+        return model_id == "tiny-melody"
+    config = Path(model_id) / "config.json"
+    if not config.is_file():
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(model_id, "config.json")
+        if not isinstance(cached, str):
+            return None
+        config = Path(cached)
+    import json
+
+    try:
+        return json.loads(config.read_text()).get("model_type") == "musicgen_melody"
+    except (OSError, ValueError):
+        return None
+
+
 # --------------------------------------------------------------------------------------------------
 # Loading
 

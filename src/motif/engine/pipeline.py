@@ -212,15 +212,23 @@ class Engine:
                 _deliver(job, error)
         return tasks
 
+    def check_mode(self, mode: GenerationMode | None) -> None:
+        """Raise InvalidRequestError now for a mode the configured model cannot serve (cheap: no loading)."""
+        if mode is not GenerationMode.MELODY:
+            return
+        loaded = self._generator
+        is_melody = loaded.loaded.is_melody if loaded else models.is_melody_model(self.settings.generation_model)
+        if is_melody is False:
+            raise InvalidRequestError(
+                f"mode 'melody' needs a MusicGen-Melody model; GENERATION_MODEL is {self.settings.generation_model}"
+            )
+
     def _plan(self, job: GenerationJob) -> DecodeTask:
         """Turn a request into what the decode loop needs: text, prompt audio, seed, frame count."""
         params = job.params
         generator = self.generator
         mode = params.mode or (GenerationMode.MELODY if generator.loaded.is_melody else GenerationMode.CONTINUATION)
-        if mode is GenerationMode.MELODY and not generator.loaded.is_melody:
-            raise InvalidRequestError(
-                f"mode 'melody' needs a MusicGen-Melody model; GENERATION_MODEL is {self.settings.generation_model}"
-            )
+        self.check_mode(mode)
         seed = params.seed if params.seed is not None else secrets.randbelow(2**31)
         text, description = params.prompt or "", params.prompt
         if mode is GenerationMode.STYLE:

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Body, HTTPException, Query
 from fastapi.responses import FileResponse, JSONResponse, Response
 
 from motif.engine import OutputFormat
+from motif.errors import InvalidRequestError
 from motif.service import library
 from motif.service.api.deps import AudioId, GenerationId, Limit, Offset, ServicesDep
 from motif.service.api.errors import responses
@@ -40,7 +41,12 @@ def generate(
     audio_id: AudioId, services: ServicesDep, request: Annotated[GenerationRequest | None, Body()] = None
 ) -> JSONResponse:
     """Queue a generation "like" the upload; poll GET /api/status/{generation_id}, then download it."""
-    params = (request or GenerationRequest()).model_dump(mode="json")
+    request = request or GenerationRequest()
+    try:
+        services.engine.check_mode(request.mode)
+    except InvalidRequestError as error:
+        raise HTTPException(422, str(error)) from error
+    params = request.model_dump(mode="json")
     row = library.create_generation(services, audio_id, params)
     if row is None:
         raise HTTPException(404, f"no upload {audio_id}")
