@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+from fastapi import HTTPException
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
@@ -49,6 +50,22 @@ async def wait_for_embedding(services: Services, audio_id: str) -> library.Embed
             pass
         finally:
             services.events.unsubscribe(job.id, event)
+
+
+async def ready_embedding(services: Services, audio_id: str) -> library.EmbeddingLookup | JSONResponse:
+    """For routes that need an upload's vector: the lookup with its embedding, or the 202 to return.
+
+    Raises HTTPException 404 for an unknown upload and 503 with the reason when its embedding failed.
+    """
+    try:
+        found = await wait_for_embedding(services, audio_id)
+    except EmbeddingFailed as error:
+        raise HTTPException(503, str(error)) from error
+    if found is None:
+        raise HTTPException(404, f"no upload {audio_id}")
+    if found.embedding is None:
+        return pending_response(found)
+    return found
 
 
 def pending_response(found: library.EmbeddingLookup) -> JSONResponse:

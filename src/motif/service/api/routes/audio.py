@@ -11,7 +11,7 @@ from motif.service.api.deps import AudioId, Limit, Offset, ServicesDep
 from motif.service.api.errors import responses
 from motif.service.api.schemas import AudioList, AudioPublic, EmbeddingPublic, ErrorMessage, JobPending
 from motif.service.api.upload import OPENAPI_BODY, receive_upload
-from motif.service.api.waits import EmbeddingFailed, pending_response, wait_for_embedding
+from motif.service.api.waits import ready_embedding
 from motif.service.ingest import ingest_upload
 
 router = APIRouter(tags=["audio"])
@@ -62,14 +62,10 @@ def delete_audio(audio_id: AudioId, services: ServicesDep) -> Response:
 )  # fmt: skip
 async def get_embedding(audio_id: AudioId, services: ServicesDep) -> EmbeddingPublic | JSONResponse:
     """The upload's CLAP vector; waits up to EMBEDDING_WAIT_SECONDS for it, then answers 202."""
-    try:
-        found = await wait_for_embedding(services, audio_id)
-    except EmbeddingFailed as error:
-        raise HTTPException(503, str(error)) from error
-    if found is None:
-        raise HTTPException(404, f"no upload {audio_id}")
-    if found.embedding is None:
-        return pending_response(found)
+    found = await ready_embedding(services, audio_id)
+    if isinstance(found, JSONResponse):
+        return found
     row = found.embedding
+    assert row is not None
     return EmbeddingPublic(audio_id=audio_id, embedding=row.array().tolist(), model=row.model, dim=row.dim,
                            pipeline_version=row.pipeline_version, created_at=row.created_at)  # fmt: skip

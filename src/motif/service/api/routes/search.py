@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, Query
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
@@ -12,7 +12,7 @@ from motif.service import library
 from motif.service.api.deps import AudioId, ServicesDep, TopK
 from motif.service.api.errors import responses
 from motif.service.api.schemas import JobPending, SearchResults, SimilarAudio
-from motif.service.api.waits import EmbeddingFailed, pending_response, wait_for_embedding
+from motif.service.api.waits import ready_embedding
 
 router = APIRouter(tags=["search"])
 
@@ -28,14 +28,10 @@ def _results(matches: list[library.Match]) -> list[SimilarAudio]:
 )  # fmt: skip
 async def similar(audio_id: AudioId, services: ServicesDep, k: TopK = 10) -> SearchResults | JSONResponse:
     """The k uploads nearest to this one by CLAP cosine (itself excluded), best first."""
-    try:
-        found = await wait_for_embedding(services, audio_id)
-    except EmbeddingFailed as error:
-        raise HTTPException(503, str(error)) from error
-    if found is None:
-        raise HTTPException(404, f"no upload {audio_id}")
-    if found.embedding is None:
-        return pending_response(found)
+    found = await ready_embedding(services, audio_id)
+    if isinstance(found, JSONResponse):
+        return found
+    assert found.embedding is not None
     matches = await run_in_threadpool(library.nearest, services, found.embedding.array(), k, audio_id)
     return SearchResults(audio_id=audio_id, model=services.settings.embedding_model, results=_results(matches))
 
