@@ -1,58 +1,119 @@
-"""MusicGen's decoder stack run with a static, slot-addressed KV cache.
+"""MusicGen's decoder stack run with a static, slot-addressed KV cache and a lean one-position step.
 
 transformers' own `generate` grows a DynamicCache by concatenation (an O(length) copy per layer per step)
 and cannot give each batch member its own position, so jobs of different lengths cannot share a batch.
-This module runs the *same* modules and weights (taken from the loaded transformers model) with:
-- one preallocated key/value cache per layer, shaped (slots, heads, max_len, head_dim);
+This module runs the *same* weights (taken from the loaded transformers model) with:
+- one key/value cache per layer, shaped (slots, heads, capacity, head_dim), grown in chunks as slots get
+  longer (so memory follows what is generated, not the 30 s window); in reduced precision on CPU it is
+  bf16, read by motif.engine.cpuops' one-query attention (torch's SDPA is slow for that shape);
 - per-slot lengths, so every slot has its own position and rows can join or leave between steps;
-- fused q/k/v projections and one batched matmul for the codebook heads.
+- fused q/k/v projections and one matmul for the codebook heads;
+- a step path of plain functional calls on (rows, hidden) tensors, since at batch 1-8 a step is a few
+  hundred small ops and their dispatch overhead is a large part of its time;
+- optional int8 projections (`quantize_int8`, see motif.engine.cpuops): half the bytes bf16 reads per step.
 Slots are kept compact (active rows are 0..n-1) so each step reads cache views, never gathers.
 `tests/engine/test_decoder.py` checks its logits against transformers' forward on the same weights.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from motif.engine.cpuops import MAX_HEAD_DIM, Bf16Linear, Int8Linear, decode_attention
+from motif.engine.kernels import cpu_has_bf16_dot, load_kernel
 
-class _Layer(nn.Module):
-    """One decoder layer's weights, fused where that saves a matmul."""
+log = logging.getLogger(__name__)
 
-    def __init__(self, layer: Any, has_cross: bool) -> None:
-        super().__init__()
-        attn = layer.self_attn
-        self.n_heads = attn.num_heads
-        self.head_dim = attn.head_dim
-        self.scaling = attn.scaling
-        self.ln1 = layer.self_attn_layer_norm
-        self.qkv = _fused_linear([attn.q_proj, attn.k_proj, attn.v_proj])
-        self.out = attn.out_proj
-        self.has_cross = has_cross
-        if has_cross:
-            cross = layer.encoder_attn
-            self.ln_cross = layer.encoder_attn_layer_norm
-            self.cross_q = cross.q_proj
-            self.cross_kv = _fused_linear([cross.k_proj, cross.v_proj])
-            self.cross_out = cross.out_proj
-        self.ln2 = layer.final_layer_norm
-        self.fc1 = layer.fc1
-        self.fc2 = layer.fc2
-        self.act = layer.activation_fn
+CACHE_CHUNK = 256  # positions the KV cache grows by
+Projection = Callable[[torch.Tensor], torch.Tensor]
 
 
-def _fused_linear(parts: list[nn.Linear]) -> nn.Linear:
-    weight = torch.cat([p.weight for p in parts], dim=0)
-    fused = nn.Linear(weight.shape[1], weight.shape[0], bias=parts[0].bias is not None)
-    fused = fused.to(device=weight.device, dtype=weight.dtype)
-    with torch.no_grad():
-        fused.weight.copy_(weight)
-        if parts[0].bias is not None:
-            fused.bias.copy_(torch.cat([p.bias for p in parts]))
-    return fused.requires_grad_(False)
+@dataclass
+class _Norm:
+    weight: torch.Tensor
+    bias: torch.Tensor
+    eps: float
+
+    @classmethod
+    def of(cls, norm: nn.LayerNorm) -> _Norm:
+        return cls(norm.weight.detach(), norm.bias.detach(), norm.eps)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, self.weight.shape, self.weight, self.bias, self.eps)
+
+
+@dataclass
+class _Dense:
+    """A bias-free projection as a plain F.linear (no nn.Module call overhead)."""
+
+    weight: torch.Tensor
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight)
+
+
+@dataclass
+class _Layer:
+    """One decoder layer's weights, fused where that saves a matmul. Projections are swappable (int8)."""
+
+    ln1: _Norm
+    qkv: Projection
+    out: Projection
+    ln2: _Norm
+    fc1: Projection
+    fc2: Projection
+    act: Callable[[torch.Tensor], torch.Tensor]
+    ln_cross: _Norm | None = None
+    cross_q: Projection | None = None
+    cross_kv: Projection | None = None
+    cross_out: Projection | None = None
+
+
+def _linear_weight(parts: list[Any]) -> torch.Tensor:
+    """The weights of Linear (or Embedding) modules stacked along their first dim: (sum of outputs, in)."""
+    if any(getattr(p, "bias", None) is not None for p in parts):
+        raise ValueError("MusicGen's decoder projections have no bias; this one does")
+    if len(parts) == 1:
+        return parts[0].weight.detach()
+    return torch.cat([p.weight.detach() for p in parts], dim=0)
+
+
+def _share_fused(parts: list[Any], fused: torch.Tensor) -> None:
+    """Point the model's separate weights (q/k/v, heads, embeddings) at slices of the fused one, held once."""
+    start = 0
+    for part in parts:
+        n = part.weight.shape[0]
+        part.weight = nn.Parameter(fused[start : start + n], requires_grad=False)
+        start += n
+
+
+def _build_layer(layer: Any, has_cross: bool) -> _Layer:
+    attn = layer.self_attn
+    qkv_parts = [attn.q_proj, attn.k_proj, attn.v_proj]
+    qkv = _linear_weight(qkv_parts)
+    _share_fused(qkv_parts, qkv)
+    built = _Layer(
+        ln1=_Norm.of(layer.self_attn_layer_norm), qkv=_Dense(qkv), out=_Dense(_linear_weight([attn.out_proj])),
+        ln2=_Norm.of(layer.final_layer_norm), fc1=_Dense(_linear_weight([layer.fc1])),
+        fc2=_Dense(_linear_weight([layer.fc2])), act=layer.activation_fn,
+    )  # fmt: skip
+    if has_cross:
+        cross = layer.encoder_attn
+        kv_parts = [cross.k_proj, cross.v_proj]
+        kv = _linear_weight(kv_parts)
+        _share_fused(kv_parts, kv)
+        built.ln_cross = _Norm.of(layer.encoder_attn_layer_norm)
+        built.cross_q = _Dense(_linear_weight([cross.q_proj]))
+        built.cross_kv = _Dense(kv)
+        built.cross_out = _Dense(_linear_weight([cross.out_proj]))
+    return built
 
 
 class StaticCacheDecoder:
@@ -60,58 +121,113 @@ class StaticCacheDecoder:
 
     Shapes: tokens are (rows, codebooks[, time]); logits come back (rows, codebooks, vocab) float32.
     A "row" is one slot; callers pair a conditional and an unconditional row for CFG.
+    `cache_dtype` (default: see `_default_cache_dtype`) is what keys and values are stored in.
     """
 
-    def __init__(self, model: Any, is_melody: bool, max_len: int) -> None:
+    def __init__(self, model: Any, is_melody: bool, max_len: int, cache_dtype: torch.dtype | None = None) -> None:
         causal_lm = model.decoder
         decoder = causal_lm.model.decoder
         self.n_codebooks = decoder.num_codebooks
         self.has_cross = not is_melody
-        self.embed = decoder.embed_tokens
+        first = decoder.layers[0].self_attn
+        self.n_heads, self.head_dim, self.scaling = first.num_heads, first.head_dim, first.scaling
+        self.hidden_size = self.n_heads * self.head_dim
+        self.vocab_in = decoder.embed_tokens[0].weight.shape[0]  # codebook size + pad/special rows
+        self.embed_weight = _linear_weight(list(decoder.embed_tokens))  # (K * vocab_in, hidden): one lookup
+        _share_fused(list(decoder.embed_tokens), self.embed_weight)
+        self._embed_offsets = torch.arange(self.n_codebooks, device=self.embed_weight.device) * self.vocab_in
         positions = decoder.embed_positions
         if positions.weights.shape[0] < max_len:
             positions.make_weights(max_len, positions.embedding_dim)
-        self.positions = positions.weights
-        self.layers = [_Layer(layer, self.has_cross) for layer in decoder.layers]
-        self.final_ln = decoder.layer_norm
-        self.heads_weight = torch.stack([h.weight for h in causal_lm.lm_heads]).detach()  # (K, V, D)
-        first = self.layers[0]
-        self.n_heads, self.head_dim = first.n_heads, first.head_dim
-        self.dtype = self.heads_weight.dtype
-        self.device = self.heads_weight.device
+        self.layers = [_build_layer(layer, self.has_cross) for layer in decoder.layers]
+        self._source = causal_lm  # its projection weights are released when we repack them (bf16 kernel, int8)
+        self.final_ln = _Norm.of(decoder.layer_norm)
+        heads = _linear_weight(list(causal_lm.lm_heads))  # (K * vocab, hidden)
+        _share_fused(list(causal_lm.lm_heads), heads)
+        self.vocab = causal_lm.lm_heads[0].weight.shape[0]
+        self.heads: Projection = _Dense(heads)
+        self.dtype = heads.dtype  # activations' dtype between projections
+        self.device = heads.device
+        self.positions = positions.weights.to(self.device, self.dtype)
+        self._kernel = load_kernel() if self.device.type == "cpu" and self.head_dim <= MAX_HEAD_DIM else None
+        self._auto_cache = cache_dtype is None
+        self.cache_dtype = cache_dtype or self._default_cache_dtype(self.dtype)
+        self.precision = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}.get(self.dtype, "?")
+        if self._kernel is not None and self.dtype == torch.bfloat16 and cpu_has_bf16_dot():
+            self._swap_projections(self._bf16, heads=True)
         self.max_len = max_len
         self.n_slots = 0
+        self.capacity = 0  # positions allocated per slot (grows by CACHE_CHUNK up to max_len)
         self.lengths: list[int] = []
         self._k: list[torch.Tensor] = []
         self._v: list[torch.Tensor] = []
-        self._key_ok = torch.zeros(0, max_len, dtype=torch.bool, device=self.device)
+        self._key_ok = torch.zeros(0, 0, dtype=torch.bool, device=self.device)
         self._cross_k: list[torch.Tensor] = []
         self._cross_v: list[torch.Tensor] = []
         self._cross_ok = torch.zeros(0, 0, dtype=torch.bool, device=self.device)
 
+    def _default_cache_dtype(self, precision_dtype: torch.dtype) -> torch.dtype:
+        """fp32 keeps the exact float32 reference path; reduced precision on CPU uses the bf16 attention kernel."""
+        if self.device.type != "cpu":
+            return precision_dtype
+        if precision_dtype == torch.float32 or self._kernel is None or self.head_dim % 16:
+            return torch.float32
+        return torch.bfloat16
+
+    @property
+    def _kernel_attention(self) -> bool:
+        return self._kernel is not None and self.cache_dtype == torch.bfloat16 and self.head_dim % 16 == 0
+
+    @property
+    def _attn_dtype(self) -> torch.dtype:
+        """Prefill attention (and the SDPA fallback) run in float32 on CPU."""
+        return torch.float32 if self.device.type == "cpu" else self.cache_dtype
+
+    def _set_cache_dtype(self, dtype: torch.dtype) -> None:
+        if dtype == self.cache_dtype:
+            return
+        self.cache_dtype = dtype
+        self._k = [k.to(dtype) for k in self._k]
+        self._v = [v.to(dtype) for v in self._v]
+        self._cross_k = [k.to(dtype) for k in self._cross_k]
+        self._cross_v = [v.to(dtype) for v in self._cross_v]
+
     # ---------------------------------------------------------------- slot management
 
+    @torch.inference_mode()
     def reserve(self, n_slots: int) -> None:
         """Grow the cache to at least n_slots rows (existing contents kept)."""
         if n_slots <= self.n_slots:
             return
-        shape = (n_slots, self.n_heads, self.max_len, self.head_dim)
-        grown_k, grown_v = [], []
-        for i in range(len(self.layers)):
-            k = torch.zeros(shape, dtype=self.dtype, device=self.device)
-            v = torch.zeros(shape, dtype=self.dtype, device=self.device)
-            if self.n_slots:
-                k[: self.n_slots] = self._k[i]
-                v[: self.n_slots] = self._v[i]
-            grown_k.append(k)
-            grown_v.append(v)
-        self._k, self._v = grown_k, grown_v
-        key_ok = torch.zeros(n_slots, self.max_len, dtype=torch.bool, device=self.device)
-        key_ok[: self.n_slots] = self._key_ok
-        self._key_ok = key_ok
+        self._resize(n_slots, max(self.capacity, 1))
         self._grow_cross(n_slots, self._cross_ok.shape[1])
         self.lengths += [0] * (n_slots - self.n_slots)
         self.n_slots = n_slots
+
+    def _ensure_capacity(self, n_positions: int) -> None:
+        if n_positions > self.max_len:
+            raise ValueError(f"{n_positions} positions exceed the cache's max_len ({self.max_len})")
+        if n_positions > self.capacity:
+            self._resize(self.n_slots, min(self.max_len, -(-n_positions // CACHE_CHUNK) * CACHE_CHUNK))
+
+    def _resize(self, n_slots: int, capacity: int) -> None:
+        old_slots, old_cap = self._key_ok.shape
+        shape = (n_slots, self.n_heads, capacity, self.head_dim)
+
+        def grow(old: list[torch.Tensor]) -> list[torch.Tensor]:
+            new = []
+            for i in range(len(self.layers)):
+                tensor = torch.zeros(shape, dtype=self.cache_dtype, device=self.device)
+                if old:
+                    tensor[:old_slots, :, :old_cap] = old[i]
+                new.append(tensor)
+            return new
+
+        self._k, self._v = grow(self._k), grow(self._v)
+        key_ok = torch.zeros(n_slots, capacity, dtype=torch.bool, device=self.device)
+        key_ok[:old_slots, :old_cap] = self._key_ok
+        self._key_ok = key_ok
+        self.capacity = capacity
 
     def _grow_cross(self, n_slots: int, n_keys: int) -> None:
         if not self.has_cross:
@@ -123,8 +239,8 @@ class StaticCacheDecoder:
         shape = (n_slots, self.n_heads, n_keys, self.head_dim)
         new_k, new_v = [], []
         for i in range(len(self.layers)):
-            k = torch.zeros(shape, dtype=self.dtype, device=self.device)
-            v = torch.zeros(shape, dtype=self.dtype, device=self.device)
+            k = torch.zeros(shape, dtype=self.cache_dtype, device=self.device)
+            v = torch.zeros(shape, dtype=self.cache_dtype, device=self.device)
             if self._cross_k:
                 k[:old_slots, :, :old_keys] = self._cross_k[i]
                 v[:old_slots, :, :old_keys] = self._cross_v[i]
@@ -135,13 +251,15 @@ class StaticCacheDecoder:
         ok[:old_slots, :old_keys] = self._cross_ok
         self._cross_ok = ok
 
+    @torch.inference_mode()
     def move_slot(self, src: int, dst: int) -> None:
         """Copy slot src into dst (used to keep active slots compact when a row leaves)."""
         if src == dst:
             return
+        span = self.lengths[src]
         for i in range(len(self.layers)):
-            self._k[i][dst] = self._k[i][src]
-            self._v[i][dst] = self._v[i][src]
+            self._k[i][dst, :, :span] = self._k[i][src, :, :span]
+            self._v[i][dst, :, :span] = self._v[i][src, :, :span]
             if self.has_cross:
                 self._cross_k[i][dst] = self._cross_k[i][src]
                 self._cross_v[i][dst] = self._cross_v[i][src]
@@ -154,7 +272,8 @@ class StaticCacheDecoder:
 
     def embed_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         """(rows, codebooks, time) token ids -> (rows, time, hidden) summed codebook embeddings."""
-        return sum(self.embed[k](tokens[:, k]) for k in range(self.n_codebooks))  # type: ignore[return-value]
+        ids = tokens + self._embed_offsets[None, :, None]
+        return F.embedding(ids, self.embed_weight).sum(dim=1)
 
     @torch.inference_mode()
     def prefill(
@@ -170,25 +289,42 @@ class StaticCacheDecoder:
         MusicGen; for MusicGen-Melody they are the prefix the decoder reads before its tokens.
         Returns (codebooks, vocab) float32.
         """
-        hidden = self.embed_tokens(tokens[None].to(self.device))
-        key_ok = torch.ones(hidden.shape[1], dtype=torch.bool, device=self.device)
+        hidden = self.embed_tokens(tokens[None].to(self.device))[0]  # (time, hidden)
+        key_ok = torch.ones(hidden.shape[0], dtype=torch.bool, device=self.device)
         if encoder_states is not None and not self.has_cross:
-            hidden = torch.cat([encoder_states[None].to(hidden.dtype), hidden], dim=1)
+            hidden = torch.cat([encoder_states.to(self.device, hidden.dtype), hidden])
             key_ok = torch.cat([encoder_mask.to(self.device), key_ok])  # type: ignore[union-attr]
-        length = hidden.shape[1]
+        length = hidden.shape[0]
         if length >= self.max_len:
             raise ValueError(f"prefill of {length} positions exceeds the cache ({self.max_len})")
+        self._ensure_capacity(length + 1)
         self._key_ok[slot] = False
         self._key_ok[slot, :length] = key_ok
         if self.has_cross:
             self._set_cross(slot, encoder_states, encoder_mask)
-        hidden = hidden + self.positions[:length].to(hidden.dtype)
+        hidden = hidden + self.positions[:length]
         causal = torch.ones(length, length, dtype=torch.bool, device=self.device).tril()
-        mask = (causal & key_ok[None, :])[None, None]
+        bias = _additive_mask(causal & key_ok[None, :], self._attn_dtype)[None]  # (1, time, time)
+        cross_bias = self._cross_bias(slice(slot, slot + 1))
         for i, layer in enumerate(self.layers):
-            hidden = self._layer(i, layer, hidden, mask, slots=slice(slot, slot + 1), start=0)
+            hidden = self._prefill_layer(i, layer, hidden, bias, cross_bias, slot)
         self.lengths[slot] = length
-        return self._logits(hidden[:, -1])[0]
+        return self._logits(hidden[-1:])[0]
+
+    def _prefill_layer(
+        self, i: int, layer: _Layer, hidden: torch.Tensor, bias: torch.Tensor, cross_bias: torch.Tensor | None,
+        slot: int,
+    ) -> torch.Tensor:  # fmt: skip
+        time = hidden.shape[0]
+        qkv = layer.qkv(layer.ln1(hidden)).view(time, 3, self.n_heads, self.head_dim).transpose(0, 2)
+        q, k, v = qkv.to(self._attn_dtype).unbind(1)  # (heads, time, head_dim) each
+        self._k[i][slot, :, :time] = k
+        self._v[i][slot, :, :time] = v
+        attn = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scaling)
+        hidden = hidden + layer.out(attn.transpose(0, 1).reshape(time, -1).to(hidden.dtype))
+        if self.has_cross:
+            hidden = self._cross(i, layer, hidden[None], cross_bias, slice(slot, slot + 1))[0]
+        return hidden + layer.fc2(layer.act(layer.fc1(layer.ln2(hidden))))
 
     def _set_cross(self, slot: int, states: torch.Tensor | None, mask: torch.Tensor | None) -> None:
         if states is None or mask is None:
@@ -200,74 +336,184 @@ class StaticCacheDecoder:
         self._grow_cross(self.n_slots, n_keys)
         self._cross_ok[slot] = False
         self._cross_ok[slot, :n_keys] = mask.to(self.device)
-        states = states.to(device=self.device, dtype=self.dtype)[None]
+        states = states.to(device=self.device, dtype=self.dtype)
         for i, layer in enumerate(self.layers):
-            kv = layer.cross_kv(states).view(1, n_keys, 2, self.n_heads, self.head_dim)
-            self._cross_k[i][slot, :, :n_keys] = kv[0, :, 0].transpose(0, 1)
-            self._cross_v[i][slot, :, :n_keys] = kv[0, :, 1].transpose(0, 1)
+            kv = layer.cross_kv(states).view(n_keys, 2, self.n_heads, self.head_dim)  # type: ignore[misc]
+            self._cross_k[i][slot, :, :n_keys] = kv[:, 0].transpose(0, 1)
+            self._cross_v[i][slot, :, :n_keys] = kv[:, 1].transpose(0, 1)
             self._cross_k[i][slot, :, n_keys:] = 0
             self._cross_v[i][slot, :, n_keys:] = 0
+
+    def _cross_bias(self, rows: slice) -> torch.Tensor | None:
+        """(rows, 1, 1, keys) additive mask for cross-attention, or None for MusicGen-Melody."""
+        if not self.has_cross:
+            return None
+        return _additive_mask(self._cross_ok[rows], self._attn_dtype)[:, None, None, :]
+
+    def _cross(
+        self, i: int, layer: _Layer, hidden: torch.Tensor, bias: torch.Tensor | None, rows: slice
+    ) -> torch.Tensor:
+        """Cross-attention: hidden (rows, time, hidden) -> (rows, time, hidden)."""
+        n_rows, time, _ = hidden.shape
+        q = layer.cross_q(layer.ln_cross(hidden)).view(n_rows, time, self.n_heads, self.head_dim)  # type: ignore[misc]
+        if time == 1 and self._kernel_attention:
+            attn = decode_attention(self._kernel, q[:, 0].float(), self._cross_k[i], self._cross_v[i],  # type: ignore[arg-type]
+                                    self._cross_ok, self._cross_ok.shape[1], self.scaling)  # fmt: skip
+            return hidden + layer.cross_out(attn.view(n_rows, time, -1).to(hidden.dtype))  # type: ignore[misc]
+        dtype = self._attn_dtype
+        attn = F.scaled_dot_product_attention(
+            q.transpose(1, 2).to(dtype), self._cross_k[i][rows].to(dtype), self._cross_v[i][rows].to(dtype),
+            attn_mask=bias, scale=self.scaling,
+        )  # (rows, heads, time, head_dim)
+        attn = attn.transpose(1, 2).reshape(n_rows, time, -1).to(hidden.dtype)
+        return hidden + layer.cross_out(attn)  # type: ignore[misc]
 
     @torch.inference_mode()
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         """One new position for slots 0..rows-1: tokens (rows, codebooks) -> logits (rows, codebooks, vocab)."""
         n_rows = tokens.shape[0]
-        lengths = torch.tensor(self.lengths[:n_rows], device=self.device)
-        if int(lengths.max()) >= self.max_len:
-            raise ValueError("a slot has reached the cache's max_len")
-        hidden = self.embed_tokens(tokens[:, :, None].to(self.device))
-        hidden = hidden + self.positions[lengths][:, None].to(hidden.dtype)
-        span = int(lengths.max()) + 1
-        key_ok = self._key_ok[:n_rows, :span].clone()
-        key_ok[torch.arange(n_rows), lengths] = True
-        mask = key_ok[:, None, None, :]
+        lengths = self.lengths[:n_rows]
+        span = max(lengths) + 1
+        self._ensure_capacity(span)
+        positions = torch.tensor(lengths, device=self.device)
+        hidden = self.embed_tokens(tokens[:, :, None].to(self.device))[:, 0] + self.positions[positions]
+        same = min(lengths) == span - 1  # every row at one position: a plain slice write, no scatter
+        where: Any = span - 1 if same else (torch.arange(n_rows, device=self.device), slice(None), positions)
+        self._key_ok[where[0] if not same else slice(0, n_rows), positions] = True
+        bias = cross_bias = None
+        if not self._kernel_attention:
+            bias = _additive_mask(self._key_ok[:n_rows, :span], self._attn_dtype)[:, None, None, :]
+            cross_bias = self._cross_bias(slice(0, n_rows))
         for i, layer in enumerate(self.layers):
-            hidden = self._layer(i, layer, hidden, mask, slots=slice(0, n_rows), start=lengths)
+            hidden = self._step_layer(i, layer, hidden, bias, cross_bias, n_rows, span, where)
         for row in range(n_rows):
-            self._key_ok[row, self.lengths[row]] = True
             self.lengths[row] += 1
-        return self._logits(hidden[:, -1])
+        return self._logits(hidden)
 
-    def _layer(
-        self, i: int, layer: _Layer, hidden: torch.Tensor, mask: torch.Tensor, slots: slice, start: Any
-    ) -> torch.Tensor:
-        rows, time, _ = hidden.shape
-        qkv = layer.qkv(layer.ln1(hidden)).view(rows, time, 3, self.n_heads, self.head_dim)
-        q, k, v = (qkv[:, :, j].transpose(1, 2) for j in range(3))  # (rows, heads, time, head_dim)
-        cache_k, cache_v = self._k[i][slots], self._v[i][slots]
-        if isinstance(start, int):  # prefill: one slot, positions start..start+time
-            cache_k[:, :, start : start + time] = k
-            cache_v[:, :, start : start + time] = v
-            span = start + time
-        else:  # step: each row writes its own position
-            index = torch.arange(rows, device=self.device)
-            cache_k[index, :, start] = k[:, :, 0]
-            cache_v[index, :, start] = v[:, :, 0]
-            span = mask.shape[-1]
-        attn = F.scaled_dot_product_attention(
-            q, cache_k[:, :, :span], cache_v[:, :, :span], attn_mask=mask, scale=layer.scaling
-        )
-        hidden = hidden + layer.out(attn.transpose(1, 2).reshape(rows, time, -1))
-        if layer.has_cross:
-            q = layer.cross_q(layer.ln_cross(hidden)).view(rows, time, self.n_heads, self.head_dim)
-            cross_mask = self._cross_ok[slots][:, None, None, :]
+    def _step_layer(
+        self, i: int, layer: _Layer, hidden: torch.Tensor, bias: torch.Tensor | None,
+        cross_bias: torch.Tensor | None, n_rows: int, span: int, where: Any,
+    ) -> torch.Tensor:  # fmt: skip
+        """hidden (rows, hidden) -> (rows, hidden) for one new position per row."""
+        qkv = layer.qkv(layer.ln1(hidden)).view(n_rows, 3, self.n_heads, self.head_dim)
+        cache_k, cache_v = self._k[i], self._v[i]
+        if isinstance(where, int):
+            cache_k[:n_rows, :, where] = qkv[:, 1]
+            cache_v[:n_rows, :, where] = qkv[:, 2]
+        else:
+            cache_k[where] = qkv[:, 1].to(self.cache_dtype)
+            cache_v[where] = qkv[:, 2].to(self.cache_dtype)
+        if self._kernel_attention:
+            attn = decode_attention(self._kernel, qkv[:, 0].float(), cache_k, cache_v, self._key_ok, span,  # type: ignore[arg-type]
+                                    self.scaling)  # fmt: skip
+        else:
+            q = qkv[:, 0, :, None].to(self.cache_dtype)  # (rows, heads, 1, head_dim)
             attn = F.scaled_dot_product_attention(
-                q.transpose(1, 2), self._cross_k[i][slots], self._cross_v[i][slots],
-                attn_mask=cross_mask, scale=layer.scaling,
-            )  # fmt: skip
-            hidden = hidden + layer.cross_out(attn.transpose(1, 2).reshape(rows, time, -1))
+                q, cache_k[:n_rows, :, :span], cache_v[:n_rows, :, :span], attn_mask=bias, scale=self.scaling
+            )
+        hidden = hidden + layer.out(attn.reshape(n_rows, -1).to(hidden.dtype))
+        if self.has_cross:
+            hidden = self._cross(i, layer, hidden[:, None], cross_bias, slice(0, n_rows))[:, 0]
         return hidden + layer.fc2(layer.act(layer.fc1(layer.ln2(hidden))))
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """(rows, hidden) -> (rows, codebooks, vocab) float32 through the K codebook heads at once."""
-        hidden = self.final_ln(hidden)
-        return torch.einsum("rd,kvd->rkv", hidden, self.heads_weight).float()
+        logits = self.heads(self.final_ln(hidden))
+        return logits.view(hidden.shape[0], self.n_codebooks, self.vocab).float()
 
-    def quantize_int8(self) -> None:
-        """Dynamic int8 quantisation of every projection (weights int8, activations quantised per step).
+    # ---------------------------------------------------------------- precision
 
-        Opt-in (GENERATION_PRECISION=int8): its logits drift further from fp32 than bf16's do.
+    def quantize_int8(self, heads: bool = False) -> None:
+        """Int8 projections (weights per output channel, activations per row; see motif.engine.cpuops).
+
+        The residual stream, norms and attention math run in float32 (the KV cache becomes bf16 where the
+        attention kernel runs). The codebook heads, which feed the logits directly, become bf16 (float32
+        out) where the bf16 kernel runs, int8 if `heads`. The model's float copies are released.
         """
-        from torch.ao.quantization import quantize_dynamic
+        if self.dtype != torch.float32:
+            raise ValueError("quantize_int8 expects the decoder in float32 (its activations stay float32)")
+        if self.device.type != "cpu":
+            raise ValueError("the int8 kernels are CPU kernels")
+        if self._kernel is None:  # the torch fallback is exact but far slower than float32: not worth it
+            log.warning("GENERATION_PRECISION=int8 needs the AVX512-VNNI kernel (and gcc); staying in float32")
+            return
+        self._swap_projections(_int8, heads=False)
+        if heads:
+            self._swap_heads(_int8)
+        elif self._kernel is not None and cpu_has_bf16_dot():
+            self._swap_heads(self._bf16)
+        if self._auto_cache:
+            self._set_cache_dtype(self._default_cache_dtype(torch.bfloat16))
+        self.precision = "int8"
 
-        self.layers = [quantize_dynamic(layer, {nn.Linear}, dtype=torch.qint8) for layer in self.layers]
+    def _bf16(self, dense: _Dense) -> Bf16Linear:
+        is_heads = dense is self.heads  # logits leave in float32, as the float path's .float() would give
+        return Bf16Linear(dense.weight, self._kernel, torch.float32 if is_heads else None)  # type: ignore[arg-type]
+
+
+    def _swap_projections(self, make: Callable[[_Dense], Projection], heads: bool) -> None:
+        """Replace every plain layer projection (and the heads if asked); release the model's float copies."""
+        for layer, source in zip(self.layers, self._source.model.decoder.layers, strict=True):
+            for name in ("qkv", "out", "fc1", "fc2", "cross_q", "cross_kv", "cross_out"):
+                proj = getattr(layer, name)
+                if isinstance(proj, _Dense):
+                    setattr(layer, name, make(proj))
+                    proj.weight = torch.empty(0)
+            for module in source.modules():  # layer by layer, so at most one layer is held twice
+                if isinstance(module, nn.Linear):
+                    module.weight = nn.Parameter(torch.empty(0, dtype=module.weight.dtype), requires_grad=False)
+        if heads:
+            self._swap_heads(make)
+
+    def _swap_heads(self, make: Callable[[_Dense], Projection]) -> None:
+        if not isinstance(self.heads, _Dense):
+            return
+        old = self.heads
+        self.heads = make(old)
+        old.weight = torch.empty(0)
+        for head in self._source.lm_heads:
+            head.weight = nn.Parameter(torch.empty(0, dtype=head.weight.dtype), requires_grad=False)
+
+    def weight_bytes_per_step(self) -> int:
+        """Bytes of projection weights one decode step reads (cross-attention keys/values excluded)."""
+        total = 0
+        for layer in self.layers:
+            for proj in (layer.qkv, layer.out, layer.fc1, layer.fc2, layer.cross_q, layer.cross_out):
+                total += _projection_bytes(proj)
+        return total + _projection_bytes(self.heads)
+
+    def macs_per_row(self) -> int:
+        """Multiply-accumulates of one row's projections per step (attention excluded)."""
+        total = 0
+        for layer in self.layers:
+            for proj in (layer.qkv, layer.out, layer.fc1, layer.fc2, layer.cross_q, layer.cross_out):
+                total += _projection_macs(proj)
+        return total + _projection_macs(self.heads)
+
+
+def _int8(proj: _Dense) -> Int8Linear:
+    linear = nn.Linear(proj.weight.shape[1], proj.weight.shape[0], bias=False, device="meta")
+    linear.weight = nn.Parameter(proj.weight, requires_grad=False)
+    return Int8Linear(linear)
+
+
+def _projection_bytes(proj: Projection | None) -> int:
+    if proj is None:
+        return 0
+    if isinstance(proj, Int8Linear | Bf16Linear):
+        return proj.weight_bytes
+    weight = proj.weight  # type: ignore[attr-defined]
+    return weight.numel() * weight.element_size()
+
+
+def _projection_macs(proj: Projection | None) -> int:
+    if proj is None:
+        return 0
+    if isinstance(proj, Int8Linear | Bf16Linear):
+        return proj.in_features * proj.out_features
+    return proj.weight.numel()  # type: ignore[attr-defined]
+
+
+def _additive_mask(ok: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """bool keep-mask -> 0 where kept, -inf where masked (SDPA's additive form)."""
+    return torch.zeros(ok.shape, dtype=dtype, device=ok.device).masked_fill_(~ok, float("-inf"))

@@ -1,0 +1,207 @@
+"""The static-cache decoder against transformers' forward, slot handling, and the fast paths' error bounds.
+
+The model here is a tiny random MusicGen with 16-wide heads, so the bf16 attention kernel (which needs
+head_dim % 16 == 0) runs in these tests; the `tiny` model of the other tests has 8-wide heads.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from motif.engine import cpuops, kernels
+from motif.engine import decoder as decoder_module
+from motif.engine.decoder import StaticCacheDecoder
+from motif.engine.models import _tiny_musicgen_configs
+
+PAD = 2048
+needs_kernel = pytest.mark.skipif(kernels.load_kernel() is None, reason="no AVX512-VNNI CPU or no gcc")
+
+
+@pytest.fixture(scope="module")
+def model() -> Any:
+    from transformers import MusicgenConfig, MusicgenDecoderConfig, MusicgenForConditionalGeneration
+
+    parts = _tiny_musicgen_configs(vocab_size=200)
+    parts["decoder"].update(hidden_size=64, ffn_dim=128, num_attention_heads=4)
+    parts["decoder"] = MusicgenDecoderConfig(**parts["decoder"])
+    torch.manual_seed(0)
+    built = MusicgenForConditionalGeneration(MusicgenConfig(**parts)).eval()
+    with torch.no_grad():  # larger than the 0.02 init, so reduced precision has something to get wrong
+        for param in built.decoder.parameters():
+            if param.dim() == 2:
+                param.normal_(0.0, 0.08)
+    return built
+
+
+def _memory(n_keys: int = 5, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(n_keys, 64, generator=generator), torch.ones(n_keys, dtype=torch.bool)
+
+
+def _tokens(n: int, seed: int = 2) -> torch.Tensor:
+    return torch.randint(0, 2048, (4, n), generator=torch.Generator().manual_seed(seed))
+
+
+def _hf_logits(model: Any, tokens: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
+    """transformers' own forward: (K, T) tokens -> (T, K, vocab)."""
+    with torch.inference_mode():
+        out = model.decoder(input_ids=tokens, encoder_hidden_states=states[None], use_cache=False)
+    return out.logits.transpose(0, 1).float()  # logits come back (K, T, vocab) for one sequence
+
+
+def _ours(decoder: StaticCacheDecoder, tokens: torch.Tensor, states: torch.Tensor, mask: torch.Tensor,
+          n_prefill: int = 1, slot: int = 0) -> torch.Tensor:  # fmt: skip
+    """Prefill n_prefill tokens then step the rest one by one: (T - n_prefill + 1, K, vocab)."""
+    decoder.reserve(slot + 1)
+    out = [decoder.prefill(slot, tokens[:, :n_prefill], states, mask)]
+    assert slot == 0, "step() drives rows 0..n-1"
+    for t in range(n_prefill, tokens.shape[1]):
+        out.append(decoder.step(tokens[None, :, t])[0])
+    return torch.stack(out)
+
+
+def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(((a - b).norm(dim=-1) / b.norm(dim=-1)).max())
+
+
+def test_fp32_prefill_then_steps_match_transformers_forward(model: Any) -> None:
+    states, mask = _memory()
+    tokens = _tokens(12)
+    reference = _hf_logits(model, tokens, states)
+    ours = _ours(StaticCacheDecoder(copy.deepcopy(model), False, 64), tokens, states, mask, n_prefill=5)
+    torch.testing.assert_close(ours, reference[4:], rtol=1e-4, atol=1e-5)
+
+
+def _in_precision(model: Any, precision: str) -> StaticCacheDecoder:
+    copied = copy.deepcopy(model)
+    if precision == "bf16":
+        copied.decoder.to(torch.bfloat16)
+    decoder = StaticCacheDecoder(copied, False, 64)
+    if precision == "int8":
+        decoder.quantize_int8(heads=True)
+    return decoder
+
+
+@pytest.mark.parametrize("precision", ["fp32", pytest.param("bf16", marks=needs_kernel),
+                                       pytest.param("int8", marks=needs_kernel)])  # fmt: skip
+def test_a_row_steps_the_same_alone_and_beside_rows_of_other_lengths(model: Any, precision: str) -> None:
+    """The kernel paths compute each row on its own: bit-identical. fp32 goes through MKL, whose matmul
+    rounds differently for 1 and 3 rows (about 1e-7 relative), so there the difference is bounded."""
+    states, mask = _memory()
+    tokens = _tokens(10)
+    lone = _ours(_in_precision(model, precision), tokens, states, mask, n_prefill=3)
+    batched = _in_precision(model, precision)
+    batched.reserve(3)
+    other_states, other_mask = _memory(7, seed=5)
+    batched.prefill(1, _tokens(6, seed=3), other_states, other_mask)  # a longer neighbour
+    first = batched.prefill(0, tokens[:, :3], states, mask)
+    batched.prefill(2, _tokens(1, seed=4), torch.zeros_like(states), mask)  # an unconditional one
+    rows = [first]
+    for t in range(3, 10):
+        step_tokens = torch.stack([tokens[:, t], _tokens(1, seed=t)[:, 0], _tokens(1, seed=t + 50)[:, 0]])
+        rows.append(batched.step(step_tokens)[0])
+    if precision == "fp32":
+        torch.testing.assert_close(torch.stack(rows), lone, rtol=0, atol=1e-5)
+    else:
+        assert torch.equal(torch.stack(rows), lone)
+
+
+def test_move_slot_carries_a_row_on_as_if_nothing_moved(model: Any) -> None:
+    states, mask = _memory()
+    tokens = _tokens(9)
+    expected = _ours(StaticCacheDecoder(copy.deepcopy(model), False, 64), tokens, states, mask, n_prefill=2)
+    decoder = StaticCacheDecoder(copy.deepcopy(model), False, 64)
+    decoder.reserve(3)
+    decoder.prefill(0, _tokens(4, seed=9), states, mask)
+    decoder.prefill(1, _tokens(2, seed=8), states, mask)
+    got = [decoder.prefill(2, tokens[:, :2], states, mask)]
+    for t in range(2, 5):
+        got.append(decoder.step(torch.stack([tokens[:, t]] * 3))[2])
+    decoder.move_slot(2, 0)  # rows 0 and 1 finished; the survivor becomes row 0
+    for t in range(5, 9):
+        got.append(decoder.step(tokens[None, :, t])[0])
+    torch.testing.assert_close(torch.stack(got), expected, rtol=0, atol=1e-6)
+
+
+def test_cache_grows_in_chunks_and_keeps_what_it_held(model: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(decoder_module, "CACHE_CHUNK", 4)
+    states, mask = _memory()
+    tokens = _tokens(14)
+    decoder = StaticCacheDecoder(copy.deepcopy(model), False, 64)
+    ours = _ours(decoder, tokens, states, mask, n_prefill=2)
+    assert decoder.capacity == 16  # 14 positions, grown 4 at a time, never the whole max_len
+    torch.testing.assert_close(ours, _hf_logits(model, tokens, states)[1:], rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="exceeds"):
+        decoder.prefill(0, _tokens(64), states, mask)  # 64 positions do not fit a 64-long cache
+
+
+def test_bf16_stays_within_bf16_error_of_fp32(model: Any) -> None:
+    states, mask = _memory()
+    tokens = _tokens(24)
+    reference = _ours(StaticCacheDecoder(copy.deepcopy(model), False, 64), tokens, states, mask)
+    half = copy.deepcopy(model)
+    half.decoder.to(torch.bfloat16)
+    decoder = StaticCacheDecoder(half, False, 64)
+    assert decoder.cache_dtype == (torch.bfloat16 if kernels.load_kernel() else torch.float32)
+    ours = _ours(decoder, tokens, states, mask)
+    assert _rel_err(ours, reference) < 0.05
+    assert (ours.argmax(-1) == reference.argmax(-1)).float().mean() > 0.9
+
+
+@needs_kernel
+def test_int8_stays_close_to_fp32_and_releases_the_float_weights(model: Any) -> None:
+    states, mask = _memory()
+    tokens = _tokens(24)
+    reference = _ours(StaticCacheDecoder(copy.deepcopy(model), False, 64), tokens, states, mask)
+    quantized = copy.deepcopy(model)
+    decoder = StaticCacheDecoder(quantized, False, 64)
+    float_bytes = decoder.weight_bytes_per_step()
+    decoder.quantize_int8(heads=True)
+    assert decoder.precision == "int8" and decoder.cache_dtype == torch.bfloat16
+    assert decoder.weight_bytes_per_step() < 0.3 * float_bytes
+    assert quantized.decoder.model.decoder.layers[0].fc1.weight.numel() == 0
+    ours = _ours(decoder, tokens, states, mask)
+    assert _rel_err(ours, reference) < 0.08
+    assert (ours.argmax(-1) == reference.argmax(-1)).float().mean() > 0.85
+
+
+@needs_kernel
+@pytest.mark.parametrize(("n_in", "n_out"), [(64, 192), (30, 40), (128, 64)])
+def test_int8_kernel_matches_its_torch_reference_and_rows_never_interact(n_in: int, n_out: int) -> None:
+    torch.manual_seed(n_in)
+    linear = nn.Linear(n_in, n_out, bias=n_in == 30)
+    fast, slow = cpuops.Int8Linear(linear), cpuops.Int8Linear(linear, use_kernel=False)
+    for n_rows in (1, 2, 5, 8):
+        x = torch.randn(n_rows, n_in) * 3 + 1
+        got = fast(x)
+        torch.testing.assert_close(got, slow(x), rtol=1e-5, atol=1e-5)
+        assert torch.equal(fast(x[-1:]), got[-1:])
+        assert _rel_err(got, linear(x).detach()) < 0.02
+    constant = torch.full((2, n_in), 0.5)  # zero range: every activation is the row's low value exactly
+    torch.testing.assert_close(fast(constant), linear(constant).detach(), rtol=0.02, atol=0.02)
+
+
+@needs_kernel
+def test_attention_kernel_matches_sdpa_on_the_same_bf16_cache() -> None:
+    generator = torch.Generator().manual_seed(3)
+    n_rows, n_heads, capacity, head_dim, span = 3, 4, 40, 32, 29
+    cache_k = torch.randn(n_rows + 1, n_heads, capacity, head_dim, generator=generator).bfloat16()
+    cache_v = torch.randn(n_rows + 1, n_heads, capacity, head_dim, generator=generator).bfloat16()
+    q = torch.randn(n_rows, n_heads, head_dim, generator=generator)
+    ok = torch.zeros(n_rows + 1, capacity, dtype=torch.bool)
+    ok[0, :span] = True
+    ok[1, :10] = True  # a shorter row
+    ok[2, 5:span] = True  # a masked prefix (MusicGen-Melody's padding)
+    got = cpuops.decode_attention(kernels.load_kernel(), q, cache_k, cache_v, ok, span, 0.125)  # type: ignore[arg-type]
+    bias = torch.zeros(n_rows, 1, 1, span).masked_fill(~ok[:n_rows, None, None, :span], float("-inf"))
+    expected = F.scaled_dot_product_attention(
+        q[:, :, None], cache_k[:n_rows, :, :span].float(), cache_v[:n_rows, :, :span].float(), attn_mask=bias,
+        scale=0.125,
+    )[:, :, 0]  # fmt: skip
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
