@@ -60,13 +60,7 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
-        rows = x.reshape(-1, x.shape[-1])
-        if rows.dtype != torch.float32:
-            rows = rows.float()
-        if self.k_padded != self.in_features:
-            rows = nn.functional.pad(rows, (0, self.k_padded - self.in_features))
-        if not rows.is_contiguous():
-            rows = rows.contiguous()
+        rows = _kernel_rows(x, torch.float32, self.k_padded)
         if self.kernel is not None:
             out = self._kernel_forward(rows)
         else:
@@ -148,13 +142,7 @@ class Bf16Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
-        rows = x.reshape(-1, x.shape[-1])
-        if rows.dtype != torch.bfloat16:
-            rows = rows.bfloat16()
-        if self.k_padded != self.in_features:
-            rows = nn.functional.pad(rows, (0, self.k_padded - self.in_features))
-        if not rows.is_contiguous():
-            rows = rows.contiguous()
+        rows = _kernel_rows(x, torch.bfloat16, self.k_padded)
         out = torch.empty(rows.shape[0], self.n_padded, dtype=torch.float32)
         self.kernel.bf16_linear(rows.data_ptr(), rows.shape[0], self.k_padded, self._packed_ptr, self.n_padded,
                                 out.data_ptr(), torch.get_num_threads())  # fmt: skip
@@ -184,3 +172,11 @@ def decode_attention(
         cache_k.stride(1), ok.data_ptr(), ok.stride(0), span, scale, out.data_ptr(), torch.get_num_threads(),
     )  # fmt: skip
     return out
+
+
+def _kernel_rows(x: torch.Tensor, dtype: torch.dtype, k_padded: int) -> torch.Tensor:
+    """(..., in) -> contiguous (rows, k_padded) in the kernel's input dtype, zero-padded on the right."""
+    rows = x.reshape(-1, x.shape[-1]).to(dtype)
+    if k_padded != rows.shape[1]:
+        rows = nn.functional.pad(rows, (0, k_padded - rows.shape[1]))
+    return rows.contiguous()

@@ -474,21 +474,18 @@ class StaticCacheDecoder:
         for head in self._source.lm_heads:
             head.weight = nn.Parameter(torch.empty(0, dtype=head.weight.dtype), requires_grad=False)
 
+    def _step_projections(self) -> list[Any]:
+        """Every projection one decode step runs (cross-attention keys/values are per window, not per step)."""
+        per_layer = [(l.qkv, l.out, l.fc1, l.fc2, l.cross_q, l.cross_out) for l in self.layers]  # noqa: E741
+        return [proj for projs in per_layer for proj in projs] + [self.heads]
+
     def weight_bytes_per_step(self) -> int:
         """Bytes of projection weights one decode step reads (cross-attention keys/values excluded)."""
-        total = 0
-        for layer in self.layers:
-            for proj in (layer.qkv, layer.out, layer.fc1, layer.fc2, layer.cross_q, layer.cross_out):
-                total += _projection_bytes(proj)
-        return total + _projection_bytes(self.heads)
+        return sum(_projection_bytes(proj) for proj in self._step_projections())
 
     def macs_per_row(self) -> int:
         """Multiply-accumulates of one row's projections per step (attention excluded)."""
-        total = 0
-        for layer in self.layers:
-            for proj in (layer.qkv, layer.out, layer.fc1, layer.fc2, layer.cross_q, layer.cross_out):
-                total += _projection_macs(proj)
-        return total + _projection_macs(self.heads)
+        return sum(_projection_macs(proj) for proj in self._step_projections())
 
 
 def _int8(proj: _Dense) -> Int8Linear:
