@@ -7,9 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from motif.config import Settings
 from motif.engine import Engine, GenerationMode, GenerationParams
+from motif.engine.models import cpu_has_native_bf16
 from motif.engine.pipeline import GenerationJob
 from motif.engine.types import SAMPLE_RATE
 from motif.errors import GenerationCancelled, InvalidRequestError
@@ -107,3 +109,21 @@ def test_embed_audio_resamples_and_is_deterministic(engine: Engine, source: np.n
     at_32k = engine.embed_audio(source, SAMPLE_RATE)
     assert at_32k.shape == (512,) and abs(float(np.linalg.norm(at_32k)) - 1) < 1e-5
     assert np.array_equal(at_32k, engine.embed_audio(source, SAMPLE_RATE))
+
+
+def test_a_bf16_engine_holds_no_float32_decoder_weights(model_cache: Path) -> None:
+    engine = Engine(_settings(model_cache, generation_precision="bf16"))
+    model = engine.generator.loaded.model
+    assert engine.generator.loaded.dtype is torch.bfloat16
+    assert {t.dtype for t in model.decoder.state_dict().values() if t.is_floating_point()} == {torch.bfloat16}
+    assert {p.dtype for p in model.text_encoder.parameters()} == {torch.float32}  # T5 stays float32
+
+
+@pytest.mark.skipif(not cpu_has_native_bf16(), reason="bf16 EnCodec decode is used only on CPUs with native bf16")
+def test_reduced_precision_decodes_audio_in_bf16_but_encodes_prompts_in_float32(model_cache: Path) -> None:
+    codec = Engine(_settings(model_cache, generation_precision="bf16")).generator.loaded.model.audio_encoder
+    assert {p.dtype for p in codec.decoder.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in codec.encoder.parameters()} == {torch.float32}  # prompt tokens do not change
+    codes = torch.randint(0, codec.config.codebook_size, (1, 1, 4, 50))
+    with torch.inference_mode():
+        assert codec.decode(codes, [None]).audio_values.dtype is torch.float32

@@ -73,3 +73,35 @@ def test_engine_reports_model_states_without_loading(model_cache: Path) -> None:
     assert {s.role: s.state for s in engine.model_states()}["generation"] == "error"
     _ = engine.embedder
     assert {s.role: s.state for s in engine.model_states()}["embedding"] == "loaded"
+
+
+def _mapped_files() -> str:
+    return Path("/proc/self/maps").read_text()
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads this process's memory map (Linux)")
+def test_the_decoder_is_read_straight_into_its_dtype_and_nothing_stays_mapped(tmp_path: Path) -> None:
+    reference = load_generator("tiny", CPU, torch.float32, tmp_path, allow_download=False).model
+    reference.decoder.to(torch.bfloat16)  # what loading in float32 and then casting gives
+    loaded = load_generator("tiny", CPU, torch.float32, tmp_path, allow_download=False, decoder_dtype=torch.bfloat16)
+    model = loaded.model
+    assert loaded.dtype is torch.bfloat16
+    assert {p.dtype for p in model.decoder.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in model.text_encoder.parameters()} == {torch.float32}
+    assert {p.dtype for p in model.audio_encoder.parameters()} == {torch.float32}
+    want = reference.state_dict()
+    for name, tensor in model.state_dict().items():
+        assert tensor.dtype == want[name].dtype and torch.equal(tensor, want[name]), name
+    shared = model.text_encoder.shared.weight
+    assert model.text_encoder.encoder.embed_tokens.weight is shared  # tied weights stay tied
+    del reference
+    checkpoint = str(tmp_path / "tiny-musicgen-v2" / "model.safetensors")
+    assert checkpoint not in _mapped_files()  # no weight is a view of the memory-mapped file
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads this process's memory map (Linux)")
+def test_clap_is_read_into_its_dtype_with_nothing_left_mapped(tmp_path: Path) -> None:
+    loaded = load_embedder("tiny", CPU, torch.bfloat16, tmp_path, allow_download=False)
+    floats = {t.dtype for t in loaded.model.state_dict().values() if t.is_floating_point()}
+    assert floats == {torch.bfloat16}
+    assert str(tmp_path / "tiny-clap-v2" / "model.safetensors") not in _mapped_files()

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from motif.engine.checkpoint import checkpoint_dtype, find_safetensors, own_weights
 from motif.errors import ModelUnavailableError
 
 log = logging.getLogger(__name__)
@@ -119,6 +120,19 @@ def _from_pretrained(cls: Any, path: str, allow_download: bool, **kwargs: Any) -
     return cls.from_pretrained(path, **kwargs)
 
 
+def _load_owned(cls: Any, path: str, allow_download: bool, dtype_for: Any) -> Any:
+    """`from_pretrained` through its memory map untouched, then weights the model owns in their final dtypes.
+
+    Loading in the checkpoint's own dtype makes every weight a view of the map (nothing read yet);
+    `own_weights` then reads each once, so peak memory is one copy in the target dtypes (see checkpoint.py).
+    """
+    files = find_safetensors(path)
+    model = _from_pretrained(cls, path, allow_download, dtype=(checkpoint_dtype(files) if files else None)
+                             or torch.float32)  # fmt: skip
+    own_weights(model, files or find_safetensors(path), dtype_for)  # found now if it was just downloaded
+    return model
+
+
 def is_locally_available(model_id: str, cache_dir: Path) -> bool:
     """True if loading needs no network: a tiny id, a local directory, or a cached hub snapshot."""
     if model_id in TINY_GENERATION_IDS | TINY_EMBEDDING_IDS or Path(model_id).is_dir():
@@ -154,10 +168,13 @@ def is_melody_model(model_id: str) -> bool | None:
 
 
 def load_generator(
-    model_id: str, device: torch.device, dtype: torch.dtype, cache_dir: Path, allow_download: bool
+    model_id: str, device: torch.device, dtype: torch.dtype, cache_dir: Path, allow_download: bool,
+    decoder_dtype: torch.dtype | None = None,
 ) -> LoadedGenerator:
     """Load a MusicGen-family model by id, local path, or `tiny`/`tiny-melody`.
 
+    `dtype` is the text encoder's and EnCodec's; `decoder_dtype` (default `dtype`) the decoder's, where
+    the time goes. Weights are read straight into their dtype: no float32 copy of a bf16 decoder is held.
     Raises ModelUnavailableError naming the model, where it looked and how to fetch it.
     """
     from transformers import (
@@ -174,7 +191,9 @@ def load_generator(
         cls = MusicgenMelodyForConditionalGeneration if is_melody else MusicgenForConditionalGeneration
         if config.model_type not in ("musicgen", "musicgen_melody"):
             raise ModelUnavailableError(f"'{model_id}' is a {config.model_type} model, not MusicGen")
-        model = _from_pretrained(cls, path, allow_download, dtype=dtype)
+        decoder_dtype = decoder_dtype or dtype
+        model = _load_owned(cls, path, allow_download, lambda name: decoder_dtype if name.startswith("decoder.")
+                            else dtype)  # fmt: skip
         tokenizer = _from_pretrained(AutoTokenizer, path, allow_download)
     except ModelUnavailableError:
         raise
@@ -183,7 +202,7 @@ def load_generator(
     model.to(device).eval()
     if model_id in TINY_GENERATION_IDS:
         log.warning("GENERATION_MODEL=%s: random-weight test model, its output is noise", model_id)
-    return LoadedGenerator(model, tokenizer, model_id, is_melody, device, dtype)
+    return LoadedGenerator(model, tokenizer, model_id, is_melody, device, decoder_dtype)
 
 
 def load_embedder(
@@ -194,7 +213,7 @@ def load_embedder(
 
     path = str(build_tiny_clap(cache_dir)) if model_id in TINY_EMBEDDING_IDS else model_id
     try:
-        model = _from_pretrained(ClapModel, path, allow_download, dtype=dtype)
+        model = _load_owned(ClapModel, path, allow_download, lambda _name: dtype)
         feature_extractor = _from_pretrained(ClapFeatureExtractor, path, allow_download)
         tokenizer = _from_pretrained(AutoTokenizer, path, allow_download)
     except (OSError, ValueError) as error:

@@ -15,6 +15,7 @@ import torch
 
 from motif.config import Settings
 from motif.engine import models
+from motif.engine.codec import cast_codec_decoder
 from motif.engine.embedder import Embedder
 from motif.engine.generator import DecodeTask, MusicGenerator
 from motif.engine.types import (
@@ -103,11 +104,13 @@ class Engine:
     def _load_generator(self) -> MusicGenerator:
         s = self.settings
         device = self.device
+        dtype = models.resolve_dtype(s.generation_precision, device)  # int8: fp32 now, quantised below
+        # The decoder is where the time goes and is read straight into `dtype`; T5 and EnCodec's encoder stay fp32.
         loaded = models.load_generator(s.generation_model, device, torch.float32, s.model_cache_dir,
-                                       s.allow_model_download)  # fmt: skip
-        dtype = models.resolve_dtype(s.generation_precision, device)
-        loaded.model.decoder.to(dtype)  # the decoder is where the time goes; T5 and EnCodec stay fp32
-        loaded.dtype = dtype
+                                       s.allow_model_download, decoder_dtype=dtype)  # fmt: skip
+        reduced = dtype != torch.float32 or s.generation_precision == "int8"
+        if reduced and device.type == "cpu" and models.cpu_has_native_bf16():
+            cast_codec_decoder(loaded.model.audio_encoder, torch.bfloat16)  # tokens -> audio; SNR in `motif bench`
         generator = MusicGenerator(
             loaded,
             window_frames=int(s.window_seconds * FRAMES_PER_SECOND),
