@@ -37,6 +37,31 @@ def test_split_windows_refuses_empty_audio() -> None:
         split_windows(np.zeros(0, dtype=np.float32))
 
 
+def test_features_are_the_stock_extractors_for_each_window(embedder: Embedder) -> None:
+    """The embedder's torch features stand in for CLAP's extractor on our exact-10 s windows (1e-3 dB)."""
+    windows, _ = split_windows(_noise(15.0, 5))
+    stock = embedder.loaded.feature_extractor(
+        list(windows), sampling_rate=CLAP_SAMPLE_RATE, return_tensors="pt", truncation="rand_trunc",
+        padding="repeatpad",
+    )["input_features"]  # fmt: skip
+    torch.testing.assert_close(embedder.features(windows), stock.float(), rtol=1e-4, atol=1e-3)
+
+
+def test_embedding_matches_the_stock_extractor_path(embedder: Embedder) -> None:
+    """Same weights, features from the stock extractor instead: the vector barely moves."""
+    audio = _noise(23.0, 6)
+    windows, weights = split_windows(audio)
+    stock = embedder.loaded.feature_extractor(
+        list(windows), sampling_rate=CLAP_SAMPLE_RATE, return_tensors="pt", truncation="rand_trunc",
+        padding="repeatpad",
+    )["input_features"]  # fmt: skip
+    with torch.inference_mode():
+        rows = embedder.loaded.model.get_audio_features(input_features=stock).pooler_output.double()
+    reference = (rows * torch.from_numpy(weights)[:, None]).sum(0).numpy()
+    reference /= np.linalg.norm(reference)
+    assert np.abs(embedder.embed_audio(audio) - reference).max() < 1e-5
+
+
 def test_embedding_is_512_unit_float32_and_identical_run_to_run(embedder: Embedder) -> None:
     audio = _noise(23.0, 1)
     first = embedder.embed_audio(audio)

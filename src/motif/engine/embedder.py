@@ -3,7 +3,9 @@
 CLAP's own feature extractor crops a *random* 10 s window from longer audio (`rand_trunc`), so the same
 file embeds differently run to run. We cut the whole track into consecutive 480,000-sample windows
 ourselves (the last one repeat-padded), embed them in batches, average weighted by how much real audio
-each window holds, and L2-normalise: same samples in, identical vector out.
+each window holds, and L2-normalise: same samples in, identical vector out. The log-mel features come from
+`motif.engine.melspec` (torch, the extractor's numbers to ~1e-4 dB) rather than the extractor's per-frame numpy
+loop, which took about a quarter of the time the model does.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from motif.engine.melspec import LogMel
 from motif.engine.models import LoadedEmbedder
 from motif.engine.types import CLAP_SAMPLE_RATE
 
@@ -70,6 +73,10 @@ class Embedder:
     def __init__(self, loaded: LoadedEmbedder, batch_size: int = 8) -> None:
         self.loaded = loaded
         self.batch_size = batch_size
+        self.log_mel = LogMel(loaded.feature_extractor)
+        if self.log_mel.window_samples != WINDOW_SAMPLES:
+            raise ValueError(f"CLAP feature extractor expects {self.log_mel.window_samples}-sample clips, "
+                             f"Motif cuts {WINDOW_SAMPLES}-sample windows")  # fmt: skip
         self._vocab_vectors: dict[str, np.ndarray] = {}
 
     @property
@@ -77,12 +84,8 @@ class Embedder:
         return self.loaded.model_id
 
     def features(self, windows: np.ndarray) -> torch.Tensor:
-        """(n, 480000) -> (n, 1, frames, mel) log-mel features through CLAP's own feature extractor."""
-        batch = self.loaded.feature_extractor(
-            list(windows), sampling_rate=CLAP_SAMPLE_RATE, return_tensors="pt",
-            truncation="rand_trunc", padding="repeatpad",
-        )  # fmt: skip
-        return batch["input_features"]
+        """(n, 480000) -> (n, 1, frames, mel) float32 log-mel in dB ((n, 1, 1001, 64) for CLAP): the extractor's."""
+        return self.log_mel(windows)
 
     @torch.inference_mode()
     def embed_audio(self, samples: np.ndarray) -> np.ndarray:
