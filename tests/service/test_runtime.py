@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -126,3 +128,50 @@ def test_start_up_removes_what_a_killed_process_left_half_done(model_cache: Path
 )  # fmt: skip
 def test_client_file_names_are_metadata_only(name: str, expected: str) -> None:
     assert clean_filename(name) == expected
+
+
+def test_health_says_loading_while_the_workers_load_the_models(model_cache: Path, tmp_path: Path) -> None:
+    services = open_services(tiny_settings(model_cache, tmp_path / "data"), start_workers=False)
+    try:
+        with services.host._lock:  # hold the engine's construction: the workers wait in their warm-up
+            services.workers.start()
+            states = services.model_states()
+            assert {s.role: s.state for s in states} == {"generation": "loading", "embedding": "loading"}
+            assert services.host.built is None
+        loaded = wait_until(lambda: all(s.state == "loaded" for s in services.model_states()), what="the models")
+        assert loaded and all(services.workers.alive().values())
+    finally:
+        close_services(services)
+
+
+def test_without_workers_health_reports_models_as_loading_on_first_use(model_cache: Path, tmp_path: Path) -> None:
+    services = open_services(tiny_settings(model_cache, tmp_path / "data"), start_workers=False)
+    try:
+        assert {s.state for s in services.model_states()} == {"available"}
+        _ = services.engine.embedder
+        assert {s.role: s.state for s in services.model_states()}["embedding"] == "loaded"
+    finally:
+        close_services(services)
+
+
+def test_the_app_answers_without_importing_torch_or_the_audio_stack() -> None:
+    code = ("import sys; import motif.service.api.app, motif.cli; "
+            "print(sorted(m for m in ('torch', 'transformers', 'scipy', 'av') if m in sys.modules))")  # fmt: skip
+    found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert found.strip() == "[]"  # they load in the workers' threads, after /api/health answers
+
+
+def test_a_new_embedding_model_embeds_the_existing_uploads_after_a_restart(model_cache: Path, tmp_path: Path) -> None:
+    from motif.engine.models import build_tiny_clap
+
+    settings = tiny_settings(model_cache, tmp_path / "data")
+    services = open_services(settings, start_workers=False)
+    row = _upload(services, tmp_path)
+    close_services(services)
+    other = settings.model_copy(update={"embedding_model": str(build_tiny_clap(model_cache))})  # another model id
+    services = open_services(other)
+    try:
+        found = wait_until(lambda: library.lookup_embedding(services, row.id, False).embedding, what="the backfill")
+        assert found.model == other.embedding_model
+    finally:
+        close_services(services)

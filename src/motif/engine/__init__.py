@@ -1,6 +1,13 @@
-"""The ML: CLAP embeddings and MusicGen generation. Knows nothing of HTTP, SQL or files on disk."""
+"""The ML: CLAP embeddings and MusicGen generation. Knows nothing of HTTP, SQL or files on disk.
 
-from motif.engine.pipeline import Engine, ModelState
+`Engine` and `ModelState` are imported on first use: they bring torch, which takes a second or more to
+import, and the service answers /api/health before that (see motif.service.engine_host).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from motif.engine.types import (
     CLAP_SAMPLE_RATE,
     SAMPLE_RATE,
@@ -9,6 +16,9 @@ from motif.engine.types import (
     GenerationResult,
     OutputFormat,
 )
+
+if TYPE_CHECKING:
+    from motif.engine.pipeline import Engine, ModelState
 
 __all__ = [
     "CLAP_SAMPLE_RATE",
@@ -20,3 +30,11 @@ __all__ = [
     "ModelState",
     "OutputFormat",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("Engine", "ModelState"):
+        from motif.engine import pipeline
+
+        return getattr(pipeline, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

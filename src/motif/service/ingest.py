@@ -13,9 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from motif.analysis import analyze
-from motif.audio import load_audio, resample
-from motif.engine import SAMPLE_RATE
+from motif.engine.types import SAMPLE_RATE
 from motif.errors import EmptyAudioError
 from motif.service.jobs import JobKind
 from motif.service.runtime import Services
@@ -41,6 +39,9 @@ def ingest_upload(services: Services, staged: Path, filename: str, size: int) ->
     `staged` is a temp file in the blob store's staging area; on success it is moved into uploads/.
     Raises the AudioError subclasses of `load_audio` (the API maps them to 413/415/422).
     """
+    from motif.analysis import analyze  # scipy, FFmpeg: imported by the first upload, not at start-up
+    from motif.audio import load_audio, resample
+
     if size == 0:
         raise EmptyAudioError("The file is empty.")
     settings, blobs = services.settings, services.blobs

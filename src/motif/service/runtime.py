@@ -1,7 +1,9 @@
 """One process's service objects, opened at start-up and closed at shutdown (the app's lifespan uses them).
 
 Start-up is where durability is restored: take the data directory's lock, migrate the schema, sweep
-what a killed process left half-done, re-queue its interrupted jobs, then start the workers.
+what a killed process left half-done, re-queue its interrupted jobs, then start the workers. The workers
+import the engine (torch), queue the embeddings uploads lack and load the models in their own threads,
+so the server answers /api/health within a second or so and says which models are still loading.
 """
 
 from __future__ import annotations
@@ -10,17 +12,20 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 import anyio
 from sqlalchemy import select
 
 from motif.config import Settings
-from motif.engine import Engine
 from motif.service.blobs import AREAS, BlobStore, LocalBlobStore
+from motif.service.engine_host import EngineHost, ModelStatus
 from motif.service.jobs import JobQueue
-from motif.service.store import AudioRow, Database, EmbeddingRow, JobRow
+from motif.service.store import AudioRow, Database, JobRow
 from motif.service.worker import JobEvents, WorkerContext, Workers
+
+if TYPE_CHECKING:
+    from motif.engine import Engine
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +42,20 @@ class Services:
     db: Database
     blobs: BlobStore
     queue: JobQueue
-    engine: Engine
+    host: EngineHost
     events: JobEvents
     workers: Workers
     decode_limiter: anyio.CapacityLimiter  # uploads decoded at once: bounds memory, not only CPU
     lock: IO[str] | None = None
+
+    @property
+    def engine(self) -> Engine:
+        """The Engine; in the first second or two after start-up this waits while a worker imports it."""
+        return self.host.engine
+
+    def model_states(self) -> list[ModelStatus]:
+        """Each model: loading (a worker loads it now), loaded, available, missing or error; never loads one."""
+        return self.host.model_states(self.workers.warming())
 
 
 def open_services(settings: Settings, start_workers: bool = True) -> Services:
@@ -53,16 +67,15 @@ def open_services(settings: Settings, start_workers: bool = True) -> Services:
     log.info("database %s (schema %d)", settings.resolved_database_url, found)
     blobs = LocalBlobStore(settings.data_dir)
     queue = JobQueue(db, settings.max_job_attempts)
-    engine = Engine(settings)
+    host = EngineHost(settings)
     queue.recover()
     sweep_orphans(db, blobs)
-    backfill_embeddings(db, queue, settings.embedding_model, engine.pipeline_version)
     events = JobEvents()
-    workers = Workers(WorkerContext(settings, engine, db, blobs, queue, events))
+    workers = Workers(WorkerContext(settings, host, db, blobs, queue, events))
     if start_workers:
-        workers.start()
+        workers.start()  # the embedding worker queues the embeddings uploads lack (backfill_embeddings)
     limiter = anyio.CapacityLimiter(max(2, os.cpu_count() or 2))
-    return Services(settings, db, blobs, queue, engine, events, workers, limiter, lock)
+    return Services(settings, db, blobs, queue, host, events, workers, limiter, lock)
 
 
 def close_services(services: Services, timeout: float = 30.0) -> None:
@@ -102,16 +115,3 @@ def sweep_orphans(db: Database, blobs: BlobStore) -> int:
         log.warning("removed %d unfinished or orphaned files", removed)
     return removed
 
-
-def backfill_embeddings(db: Database, queue: JobQueue, model: str, pipeline_version: str) -> int:
-    """Queue an embedding job for every upload with no vector from the configured model (e.g. a new model)."""
-    with db.transaction() as session:
-        embedded = select(EmbeddingRow.audio_id).where(
-            EmbeddingRow.model == model, EmbeddingRow.pipeline_version == pipeline_version
-        )
-        missing = list(session.scalars(select(AudioRow.id).where(AudioRow.id.not_in(embedded))))
-        for audio_id in missing:
-            queue.ensure_embedding(session, audio_id)
-    if missing:
-        log.info("%d uploads have no %s vector yet; their embedding jobs are queued", len(missing), model)
-    return len(missing)

@@ -13,18 +13,22 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from sqlalchemy import select
 
-from motif.audio import encode_audio, load_audio
 from motif.config import Settings
-from motif.engine import Engine, GenerationMode, GenerationParams, GenerationResult, OutputFormat
-from motif.engine.pipeline import GenerationJob
+from motif.engine.types import GenerationMode, GenerationParams, GenerationResult, OutputFormat
 from motif.errors import GenerationCancelled, ModelUnavailableError, MotifError
 from motif.service.blobs import BlobStore
+from motif.service.engine_host import EngineHost
 from motif.service.jobs import ErrorCode, JobKind, JobQueue
-from motif.service.store import AudioRow, Database, JobRow, get_embedding, save_embedding
+from motif.service.store import AudioRow, Database, EmbeddingRow, JobRow, get_embedding, save_embedding
+
+if TYPE_CHECKING:  # torch and the model code load in the workers' threads, after the server answers
+    from motif.engine import Engine
+    from motif.engine.pipeline import GenerationJob
 
 log = logging.getLogger(__name__)
 
@@ -89,9 +93,13 @@ class _Worker(threading.Thread):
         super().__init__(name=f"motif-{self.kind.value}-worker", daemon=True)
         self.ctx = ctx
         self.wakeup = threading.Event()
+        self.warming = True  # until warm_up has loaded (or failed to load) the model
 
     def run(self) -> None:
-        self.warm_up()
+        try:
+            self.warm_up()
+        finally:
+            self.warming = False
         while not self.ctx.stopping.is_set():
             self.wakeup.clear()
             try:
@@ -130,6 +138,12 @@ class EmbeddingWorker(_Worker):
     kind = JobKind.EMBEDDING
 
     def warm_up(self) -> None:
+        """Queue the embeddings uploads lack (they need the engine's pipeline version), then load CLAP."""
+        try:
+            backfill_embeddings(self.ctx.db, self.ctx.queue, self.ctx.settings.embedding_model,
+                                self.ctx.engine.pipeline_version)  # fmt: skip
+        except Exception:  # the uploads keep their missing vectors until the next start; the thread must live
+            log.exception("could not queue the missing embeddings")
         try:
             _ = self.ctx.engine.embedder
         except ModelUnavailableError as error:
@@ -153,6 +167,8 @@ class EmbeddingWorker(_Worker):
             audio = session.get(AudioRow, job.audio_id)
         if audio is None:
             return  # deleted meanwhile: its jobs went with it
+        from motif.audio import load_audio
+
         with ctx.blobs.open(audio.upload_key) as file:
             decoded = load_audio(file, max_duration=ctx.settings.max_duration)
         vector = ctx.engine.embed_audio(decoded.samples, decoded.sample_rate)
@@ -220,6 +236,8 @@ class GenerationWorker(_Worker):
         return jobs
 
     def prepare(self, row: JobRow) -> GenerationJob:
+        from motif.engine.pipeline import GenerationJob
+
         ctx = self.ctx
         with ctx.db.session() as session:
             audio = session.get(AudioRow, row.audio_id)
@@ -260,6 +278,8 @@ class GenerationWorker(_Worker):
 
     def store(self, row: JobRow, result: GenerationResult) -> None:
         """Write the audio first, then mark the row completed: a crash in between only re-runs the job."""
+        from motif.audio import encode_audio
+
         fmt = OutputFormat(row.params.get("format", OutputFormat.WAV.value))
         key = f"generated/{row.id}.{fmt.value}"
         self.ctx.blobs.put_bytes(key, encode_audio(result.audio, result.sample_rate, fmt))
@@ -280,17 +300,35 @@ def params_from_row(params: dict[str, Any]) -> GenerationParams:
     return GenerationParams(**values)
 
 
+def backfill_embeddings(db: Database, queue: JobQueue, model: str, pipeline_version: str) -> int:
+    """Queue an embedding job for every upload with no vector from the configured model (e.g. a new model)."""
+    with db.transaction() as session:
+        embedded = select(EmbeddingRow.audio_id).where(
+            EmbeddingRow.model == model, EmbeddingRow.pipeline_version == pipeline_version
+        )
+        missing = list(session.scalars(select(AudioRow.id).where(AudioRow.id.not_in(embedded))))
+        for audio_id in missing:
+            queue.ensure_embedding(session, audio_id)
+    if missing:
+        log.info("%d uploads have no %s vector yet; their embedding jobs are queued", len(missing), model)
+    return len(missing)
+
+
 @dataclass
 class WorkerContext:
     """What the worker threads share: settings, engine, storage, queue, events and the stop flag."""
 
     settings: Settings
-    engine: Engine
+    host: EngineHost
     db: Database
     blobs: BlobStore
     queue: JobQueue
     events: JobEvents
     stopping: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def engine(self) -> Engine:
+        return self.host.engine
 
 
 class Workers:
@@ -314,6 +352,10 @@ class Workers:
 
     def alive(self) -> dict[str, bool]:
         return {kind.value: thread.is_alive() for kind, thread in self._threads.items()}
+
+    def warming(self) -> dict[str, bool]:
+        """Per job kind (= model role): its worker is loading the model now."""
+        return {kind.value: thread.is_alive() and thread.warming for kind, thread in self._threads.items()}
 
     def stop(self, timeout: float = 30.0) -> None:
         """Interrupt running jobs (they go back to the queue) and wait for the threads to exit."""

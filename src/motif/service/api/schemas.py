@@ -156,7 +156,7 @@ class SearchResults(BaseModel):
 class ModelHealth(BaseModel):
     role: str
     model_id: str
-    state: str = Field(description="loaded | available | missing | error")
+    state: str = Field(description="loading | loaded | available | missing | error")
     detail: str
 
 

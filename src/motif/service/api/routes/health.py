@@ -15,7 +15,7 @@ router = APIRouter(tags=["health"])
 def health(services: ServicesDep) -> Health:
     """Always 200 while the process serves; `ready` says whether jobs can run now."""
     models = [ModelHealth(role=m.role, model_id=m.model_id, state=m.state, detail=m.detail)
-              for m in services.engine.model_states()]  # fmt: skip
+              for m in services.model_states()]  # fmt: skip
     workers = services.workers.alive()
     ready = all(m.state == "loaded" for m in models) and all(workers.values())
     if ready:
