@@ -1,6 +1,6 @@
 """The ML: CLAP embeddings and MusicGen generation. Knows nothing of HTTP, SQL or files on disk.
 
-`Engine` and `ModelState` are imported on first use: they bring torch, which takes a second or more to
+`Engine` is imported on first use: it brings torch, which takes a second or more to
 import, and the service answers /api/health before that (see motif.service.engine_host).
 """
 
@@ -14,11 +14,12 @@ from motif.engine.types import (
     GenerationMode,
     GenerationParams,
     GenerationResult,
+    ModelState,
     OutputFormat,
 )
 
 if TYPE_CHECKING:
-    from motif.engine.pipeline import Engine, ModelState
+    from motif.engine.pipeline import Engine
 
 __all__ = [
     "CLAP_SAMPLE_RATE",
@@ -33,7 +34,7 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("Engine", "ModelState"):
+    if name == "Engine":
         from motif.engine import pipeline
 
         return getattr(pipeline, name)

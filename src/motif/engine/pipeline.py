@@ -26,19 +26,12 @@ from motif.engine.types import (
     GenerationMode,
     GenerationParams,
     GenerationResult,
+    ModelState,
     ProgressCallback,
 )
 from motif.errors import InvalidRequestError, ModelUnavailableError
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ModelState:
-    role: str  # "generation" | "embedding"
-    model_id: str
-    state: str  # "loaded" | "available" | "missing" | "error"
-    detail: str
 
 
 @dataclass(frozen=True)

@@ -53,3 +53,13 @@ class GenerationResult:
     description: str | None  # the text condition used (style mode / user prompt)
     similarity: float | None  # CLAP cosine to the source, None if no embedder
     timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ModelState:
+    """One model as /api/health and `motif models list` report it (no torch here: the service reads it early)."""
+
+    role: str  # "generation" | "embedding"
+    model_id: str
+    state: str  # "loading" | "loaded" | "available" | "missing" | "error"
+    detail: str

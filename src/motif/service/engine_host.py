@@ -7,25 +7,15 @@ their threads while the server already answers, so start-up waits for the databa
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from motif.config import Settings
+from motif.engine.types import ModelState
 
 if TYPE_CHECKING:
     from motif.engine import Engine
 
 ROLES = ("generation", "embedding")
-
-
-@dataclass(frozen=True)
-class ModelStatus:
-    """One model as /api/health reports it."""
-
-    role: str  # "generation" | "embedding"
-    model_id: str
-    state: str  # "loading" | "loaded" | "available" | "missing" | "error"
-    detail: str
 
 
 class EngineHost:
@@ -52,7 +42,7 @@ class EngineHost:
         """The Engine if it exists already; never blocks."""
         return self._engine
 
-    def model_states(self, warming: dict[str, bool]) -> list[ModelStatus]:
+    def model_states(self, warming: dict[str, bool]) -> list[ModelState]:
         """Each model's state without loading one; `warming[role]`: a worker is loading that model now.
 
         Answers at once while the workers still import the engine (every warming model is "loading");
@@ -63,13 +53,13 @@ class EngineHost:
             engine = self.engine
         if engine is None:
             model_ids = {"generation": self.settings.generation_model, "embedding": self.settings.embedding_model}
-            return [ModelStatus(role, model_ids[role], "loading" if warming.get(role) else "available",
+            return [ModelState(role, model_ids[role], "loading" if warming.get(role) else "available",
                                 "importing the model code" if warming.get(role) else "loads on first use")
                     for role in ROLES]  # fmt: skip
         states = []
         for state in engine.model_states():
             if state.state == "available" and warming.get(state.role):
-                states.append(ModelStatus(state.role, state.model_id, "loading", "loading into memory now"))
+                states.append(ModelState(state.role, state.model_id, "loading", "loading into memory now"))
             else:
-                states.append(ModelStatus(state.role, state.model_id, state.state, state.detail))
+                states.append(state)
         return states

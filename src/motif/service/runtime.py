@@ -19,7 +19,7 @@ from sqlalchemy import select
 
 from motif.config import Settings
 from motif.service.blobs import AREAS, BlobStore, LocalBlobStore
-from motif.service.engine_host import EngineHost, ModelStatus
+from motif.service.engine_host import EngineHost, ModelState
 from motif.service.jobs import JobQueue
 from motif.service.store import AudioRow, Database, JobRow
 from motif.service.worker import JobEvents, WorkerContext, Workers
@@ -53,7 +53,7 @@ class Services:
         """The Engine; in the first second or two after start-up this waits while a worker imports it."""
         return self.host.engine
 
-    def model_states(self) -> list[ModelStatus]:
+    def model_states(self) -> list[ModelState]:
         """Each model: loading (a worker loads it now), loaded, available, missing or error; never loads one."""
         return self.host.model_states(self.workers.warming())
 
