@@ -10,7 +10,8 @@ This module runs the *same* weights (taken from the loaded transformers model) w
 - fused q/k/v projections and one matmul for the codebook heads;
 - a step path of plain functional calls on (rows, hidden) tensors, since at batch 1-8 a step is a few
   hundred small ops and their dispatch overhead is a large part of its time;
-- optional int8 projections (`quantize_int8`, see motif.engine.cpuops): half the bytes bf16 reads per step.
+- int8 projections (`int8=True`, see motif.engine.cpuops): half the bytes bf16 reads per step, at bf16's
+  error; their step runs every layer in one C call (motif.engine.fused).
 Slots are kept compact (active rows are 0..n-1) so each step reads cache views, never gathers.
 `tests/engine/test_decoder.py` checks its logits against transformers' forward on the same weights.
 """
@@ -27,6 +28,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from motif.engine.cpuops import MAX_HEAD_DIM, Bf16Linear, Int8Linear, decode_attention
+from motif.engine.fused import FusedLayers
 from motif.engine.kernels import cpu_has_bf16_dot, load_kernel
 
 log = logging.getLogger(__name__)
@@ -121,10 +123,13 @@ class StaticCacheDecoder:
 
     Shapes: tokens are (rows, codebooks[, time]); logits come back (rows, codebooks, vocab) float32.
     A "row" is one slot; callers pair a conditional and an unconditional row for CFG.
-    `cache_dtype` (default: see `_default_cache_dtype`) is what keys and values are stored in.
+    `cache_dtype` (default: see `_default_cache_dtype`) is what keys and values are stored in. `int8`
+    quantises the projections (`quantize_int8`) from the model's float32 or bf16 weights.
     """
 
-    def __init__(self, model: Any, is_melody: bool, max_len: int, cache_dtype: torch.dtype | None = None) -> None:
+    def __init__(
+        self, model: Any, is_melody: bool, max_len: int, cache_dtype: torch.dtype | None = None, int8: bool = False
+    ) -> None:
         causal_lm = model.decoder
         decoder = causal_lm.model.decoder
         self.n_codebooks = decoder.num_codebooks
@@ -140,6 +145,8 @@ class StaticCacheDecoder:
         if positions.weights.shape[0] < max_len:
             positions.make_weights(max_len, positions.embedding_dim)
         self.layers = [_build_layer(layer, self.has_cross) for layer in decoder.layers]
+        self.gelu_exact = decoder.config.activation_function == "gelu"
+        self._fused: FusedLayers | None = None
         self._source = causal_lm  # its projection weights are released when we repack them (bf16 kernel, int8)
         self.final_ln = _Norm.of(decoder.layer_norm)
         heads = _linear_weight(list(causal_lm.lm_heads))  # (K * vocab, hidden)
@@ -153,8 +160,6 @@ class StaticCacheDecoder:
         self._auto_cache = cache_dtype is None
         self.cache_dtype = cache_dtype or self._default_cache_dtype(self.dtype)
         self.precision = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}.get(self.dtype, "?")
-        if self._kernel is not None and self.dtype == torch.bfloat16 and cpu_has_bf16_dot():
-            self._swap_projections(self._bf16, heads=True)
         self.max_len = max_len
         self.n_slots = 0
         self.capacity = 0  # positions allocated per slot (grows by CACHE_CHUNK up to max_len)
@@ -165,6 +170,10 @@ class StaticCacheDecoder:
         self._cross_k: list[torch.Tensor] = []
         self._cross_v: list[torch.Tensor] = []
         self._cross_ok = torch.zeros(0, 0, dtype=torch.bool, device=self.device)
+        if int8:
+            self.quantize_int8()
+        elif self._kernel is not None and self.dtype == torch.bfloat16 and cpu_has_bf16_dot():
+            self._swap_projections(self._bf16, heads=True)
 
     def _default_cache_dtype(self, precision_dtype: torch.dtype) -> torch.dtype:
         """fp32 keeps the exact float32 reference path; reduced precision on CPU uses the bf16 attention kernel."""
@@ -380,15 +389,22 @@ class StaticCacheDecoder:
         same = min(lengths) == span - 1  # every row at one position: a plain slice write, no scatter
         where: Any = span - 1 if same else (torch.arange(n_rows, device=self.device), slice(None), positions)
         self._key_ok[where[0] if not same else slice(0, n_rows), positions] = True
+        if self._fused is not None:
+            hidden = self._fused.step(self, hidden, positions, span)
+        else:
+            hidden = self._step_layers(hidden, n_rows, span, where)
+        for row in range(n_rows):
+            self.lengths[row] += 1
+        return self._logits(hidden)
+
+    def _step_layers(self, hidden: torch.Tensor, n_rows: int, span: int, where: Any) -> torch.Tensor:
         bias = cross_bias = None
         if not self._kernel_attention:
             bias = _additive_mask(self._key_ok[:n_rows, :span], self._attn_dtype)[:, None, None, :]
             cross_bias = self._cross_bias(slice(0, n_rows))
         for i, layer in enumerate(self.layers):
             hidden = self._step_layer(i, layer, hidden, bias, cross_bias, n_rows, span, where)
-        for row in range(n_rows):
-            self.lengths[row] += 1
-        return self._logits(hidden)
+        return hidden
 
     def _step_layer(
         self, i: int, layer: _Layer, hidden: torch.Tensor, bias: torch.Tensor | None,
@@ -424,14 +440,16 @@ class StaticCacheDecoder:
     # ---------------------------------------------------------------- precision
 
     def quantize_int8(self, heads: bool = False) -> None:
-        """Int8 projections (weights per output channel, activations per row; see motif.engine.cpuops).
+        """Int8 projections (weights per channel and group of inputs; see motif.engine.cpuops).
 
         The residual stream, norms and attention math run in float32 (the KV cache becomes bf16 where the
         attention kernel runs). The codebook heads, which feed the logits directly, become bf16 (float32
         out) where the bf16 kernel runs, int8 if `heads`. The model's float copies are released.
         """
-        if self.dtype != torch.float32:
-            raise ValueError("quantize_int8 expects the decoder in float32 (its activations stay float32)")
+        if self.dtype not in (torch.float32, torch.bfloat16):
+            raise ValueError("quantize_int8 expects the decoder in float32 or bf16")
+        if any(not isinstance(layer.qkv, _Dense) for layer in self.layers):
+            raise ValueError("the projections are already repacked: build the decoder with int8=True")
         if self.device.type != "cpu":
             raise ValueError("the int8 kernels are CPU kernels")
         if self._kernel is None:  # the torch fallback is exact but far slower than float32: not worth it
@@ -442,9 +460,25 @@ class StaticCacheDecoder:
             self._swap_heads(_int8)
         elif self._kernel is not None and cpu_has_bf16_dot():
             self._swap_heads(self._bf16)
+        self._residual_in_float32()
         if self._auto_cache:
             self._set_cache_dtype(self._default_cache_dtype(torch.bfloat16))
         self.precision = "int8"
+        self._fused = FusedLayers(self) if FusedLayers.supports(self) else None
+
+    def _residual_in_float32(self) -> None:
+        """Embeddings, positions and norms in float32: the int8 path's residual stream (from a bf16 model)."""
+        if self.dtype == torch.float32:
+            return
+        self.embed_weight = self.embed_weight.float()
+        _share_fused(list(self._source.model.decoder.embed_tokens), self.embed_weight)
+        self.positions = self.positions.float()
+        for layer in self.layers:
+            for norm in (layer.ln1, layer.ln2, layer.ln_cross):
+                if norm is not None:
+                    norm.weight, norm.bias = norm.weight.float(), norm.bias.float()
+        self.final_ln.weight, self.final_ln.bias = self.final_ln.weight.float(), self.final_ln.bias.float()
+        self.dtype = torch.float32
 
     def _bf16(self, dense: _Dense) -> Bf16Linear:
         is_heads = dense is self.heads  # logits leave in float32, as the float path's .float() would give

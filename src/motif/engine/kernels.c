@@ -1,0 +1,349 @@
+/* Motif's decode-step CPU kernels (AVX-512 VNNI and BF16). Built and loaded by motif.engine.kernels, which
+   says what each entry point is for; motif.engine.cpuops and motif.engine.fused call them.
+
+   Every kernel computes each row on its own (no reduction ever mixes rows), so a row's result is bit-identical
+   whatever else shares its batch. */
+#include <immintrin.h>
+#include <math.h>
+#include <stdint.h>
+
+enum { STORE = 0, ACCUMULATE = 1, GELU = 2 }; /* what a projection does with its output */
+
+/* ------------------------------------------------------------------------------------------- helpers */
+
+/* Row of K floats (K a multiple of 16) -> K int16 with x ~= scale * q, symmetric. Returns scale. */
+static float quantize_row16(const float *x, int64_t K, int16_t *q) {
+    __m512 vmax = _mm512_setzero_ps();
+    for (int64_t k = 0; k < K; k += 16) vmax = _mm512_max_ps(vmax, _mm512_abs_ps(_mm512_loadu_ps(x + k)));
+    float scale = _mm512_reduce_max_ps(vmax) / 32767.0f;
+    if (!(scale > 0.0f)) scale = 1.0f; /* all-zero row: every q is 0 */
+    __m512 vinv = _mm512_set1_ps(1.0f / scale);
+    for (int64_t k = 0; k < K; k += 16) {
+        __m512 v = _mm512_mul_ps(_mm512_loadu_ps(x + k), vinv);
+        __m512i r = _mm512_cvt_roundps_epi32(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        _mm256_storeu_si256((__m256i *)(q + k), _mm512_cvtsepi32_epi16(r));
+    }
+    return scale;
+}
+
+/* exp(x) for x <= 0 (cephes expf: range reduction by ln 2, degree-5 polynomial); about 1 ulp. */
+static inline __m512 exp_nonpositive(__m512 x) {
+    x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+    return _mm512_scalef_ps(p, n);
+}
+
+/* GELU with the exact erf form, 0.5 x (1 + erf(x / sqrt 2)); erf by Abramowitz & Stegun 7.1.26, whose
+   absolute error is below 1.5e-7. */
+static inline __m512 gelu(__m512 x) {
+    __m512 z = _mm512_mul_ps(x, _mm512_set1_ps(0.70710678118654752f));
+    __m512 az = _mm512_abs_ps(z), one = _mm512_set1_ps(1.0f);
+    __m512 t = _mm512_div_ps(one, _mm512_fmadd_ps(_mm512_set1_ps(0.3275911f), az, one));
+    __m512 p = _mm512_set1_ps(1.061405429f);
+    p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(-1.453152027f));
+    p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(1.421413741f));
+    p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(-0.284496736f));
+    p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(0.254829592f));
+    p = _mm512_mul_ps(p, t);
+    __m512 erf_abs = _mm512_fnmadd_ps(p, exp_nonpositive(_mm512_sub_ps(_mm512_setzero_ps(), _mm512_mul_ps(az, az))), one);
+    __m512i sign = _mm512_and_si512(_mm512_castps_si512(z), _mm512_set1_epi32((int)0x80000000));
+    __m512 erf = _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(erf_abs), sign));
+    return _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(0.5f), x), _mm512_add_ps(one, erf));
+}
+
+static inline __m512 widen_bf16(const uint16_t *p) {
+    __m512i wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16));
+}
+
+/* ------------------------------------------------------------------------------ int8 projections */
+
+/* MM rows x NB blocks of 16 channels. A tile's weights are [K/2][NB][16 channels][2 k] int8 and its scales
+   [K/G][NB][16] float. Each group of G k (G <= 128) is summed exactly in int32 (vpdpwssd on int16 activations
+   and sign-extended weights: |sum| <= 128 * 32767 * 127 < 2^31), then scaled into float32 accumulators. */
+static inline __attribute__((always_inline)) void tile16(
+    const int16_t *xq, int64_t K, int64_t G, const int8_t *w, const float *ws, const float *xs, float *y,
+    int64_t N, int mode, int MM, int NB) {
+    __m512 facc[4][4];
+    for (int m = 0; m < MM; m++)
+        for (int b = 0; b < NB; b++) facc[m][b] = _mm512_setzero_ps();
+    for (int64_t g = 0; g < K / G; g++) {
+        __m512i acc[4][4];
+        for (int m = 0; m < MM; m++)
+            for (int b = 0; b < NB; b++) acc[m][b] = _mm512_setzero_si512();
+        for (int64_t k2 = g * (G / 2); k2 < (g + 1) * (G / 2); k2++) {
+            const int8_t *wk = w + k2 * NB * 32;
+            __m512i wv[4];
+            for (int b = 0; b < NB; b++) wv[b] = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(wk + b * 32)));
+            for (int m = 0; m < MM; m++) {
+                __m512i a = _mm512_set1_epi32(*(const int32_t *)(xq + m * K + k2 * 2));
+                for (int b = 0; b < NB; b++) acc[m][b] = _mm512_dpwssd_epi32(acc[m][b], a, wv[b]);
+            }
+        }
+        const float *wsg = ws + g * NB * 16;
+        for (int b = 0; b < NB; b++) {
+            __m512 s = _mm512_loadu_ps(wsg + b * 16);
+            for (int m = 0; m < MM; m++) facc[m][b] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[m][b]), s, facc[m][b]);
+        }
+    }
+    for (int m = 0; m < MM; m++)
+        for (int b = 0; b < NB; b++) {
+            float *dst = y + m * N + b * 16;
+            __m512 v = _mm512_mul_ps(facc[m][b], _mm512_set1_ps(xs[m]));
+            if (mode == ACCUMULATE) v = _mm512_add_ps(_mm512_loadu_ps(dst), v);
+            else if (mode == GELU) v = gelu(v);
+            _mm512_storeu_ps(dst, v);
+        }
+}
+
+#define TILE16_CASE(MM, NB) case (MM) * 8 + (NB): tile16(xq, K, G, w, ws, xs, ym, N, mode, MM, NB); break;
+
+/* The tiles of one projection, shared out over the threads of an enclosing parallel region.
+   y (M, N) float32 gets (x (M, K) as xq * xscale) times the packed weight, as `mode` says. */
+static void linear_tiles(const int16_t *qbuf, const float *xscale, int64_t M, int64_t K, int64_t G,
+                         const int8_t *packed, const float *scales, int64_t N, float *y, int mode) {
+    int64_t n_blocks = N / 16, n_tiles = (n_blocks + 3) / 4;
+    #pragma omp for schedule(static)
+    for (int64_t t = 0; t < n_tiles; t++) {
+        int64_t b0 = t * 4;
+        int nb = (int)(n_blocks - b0 < 4 ? n_blocks - b0 : 4);
+        const int8_t *w = packed + b0 * 16 * K;
+        const float *ws = scales + b0 * 16 * (K / G);
+        for (int64_t m0 = 0; m0 < M; m0 += 4) {
+            int mm = (int)(M - m0 < 4 ? M - m0 : 4);
+            const int16_t *xq = qbuf + m0 * K;
+            const float *xs = xscale + m0;
+            float *ym = y + m0 * N + b0 * 16;
+            switch (mm * 8 + nb) {
+                TILE16_CASE(1, 1) TILE16_CASE(1, 2) TILE16_CASE(1, 3) TILE16_CASE(1, 4)
+                TILE16_CASE(2, 1) TILE16_CASE(2, 2) TILE16_CASE(2, 3) TILE16_CASE(2, 4)
+                TILE16_CASE(3, 1) TILE16_CASE(3, 2) TILE16_CASE(3, 3) TILE16_CASE(3, 4)
+                TILE16_CASE(4, 1) TILE16_CASE(4, 2) TILE16_CASE(4, 3) TILE16_CASE(4, 4)
+            }
+        }
+    }
+}
+
+/* y (M, N) float32 = x (M, K) float32 times the packed int8 weight with a scale per channel and G inputs
+   (G even, at most 128, dividing K; K a multiple of 16). qbuf: M*K int16 of workspace; xscale: M floats. */
+void w8a16_linear(const float *x, int64_t M, int64_t K, int64_t G, const int8_t *packed, const float *scales,
+                  int64_t N, float *y, int16_t *qbuf, float *xscale, int n_threads) {
+    for (int64_t m = 0; m < M; m++) xscale[m] = quantize_row16(x + m * K, K, qbuf + m * K);
+    #pragma omp parallel num_threads(n_threads)
+    linear_tiles(qbuf, xscale, M, K, G, packed, scales, N, y, STORE);
+}
+
+/* ------------------------------------------------------------------------------- bf16 projections */
+
+/* bf16 weights, tile layout [K/2][NB][16 channels][2 k]; x (MM rows, K) bf16; y float32. */
+static inline __attribute__((always_inline)) void tile_bf16(
+    const uint16_t *x, int64_t K, const uint16_t *w, float *y, int64_t N, int MM, int NB) {
+    __m512 acc[4][4];
+    for (int m = 0; m < MM; m++)
+        for (int b = 0; b < NB; b++) acc[m][b] = _mm512_setzero_ps();
+    for (int64_t k2 = 0; k2 < K / 2; k2++) {
+        const uint16_t *wk = w + k2 * NB * 32;
+        __m512bh wv[4];
+        for (int b = 0; b < NB; b++) wv[b] = (__m512bh)_mm512_loadu_si512((const void *)(wk + b * 32));
+        for (int m = 0; m < MM; m++) {
+            __m512bh a = (__m512bh)_mm512_set1_epi32(*(const int32_t *)(x + m * K + k2 * 2));
+            for (int b = 0; b < NB; b++) acc[m][b] = _mm512_dpbf16_ps(acc[m][b], a, wv[b]);
+        }
+    }
+    for (int m = 0; m < MM; m++)
+        for (int b = 0; b < NB; b++) _mm512_storeu_ps(y + m * N + b * 16, acc[m][b]);
+}
+
+#define TILE_BF16_CASE(MM, NB) case (MM) * 8 + (NB): tile_bf16(xm, K, w, ym, N, MM, NB); break;
+
+/* y (M, N) float32 = x (M, K) bf16 times the packed bf16 weight (vdpbf16ps, float32 accumulation). */
+void bf16_linear(const uint16_t *x, int64_t M, int64_t K, const uint16_t *packed, int64_t N, float *y,
+                 int n_threads) {
+    int64_t n_blocks = N / 16, n_tiles = (n_blocks + 3) / 4;
+    #pragma omp parallel for schedule(static) num_threads(n_threads)
+    for (int64_t t = 0; t < n_tiles; t++) {
+        int64_t b0 = t * 4;
+        int nb = (int)(n_blocks - b0 < 4 ? n_blocks - b0 : 4);
+        const uint16_t *w = packed + b0 * 16 * K;
+        for (int64_t m0 = 0; m0 < M; m0 += 4) {
+            int mm = (int)(M - m0 < 4 ? M - m0 : 4);
+            const uint16_t *xm = x + m0 * K;
+            float *ym = y + m0 * N + b0 * 16;
+            switch (mm * 8 + nb) {
+                TILE_BF16_CASE(1, 1) TILE_BF16_CASE(1, 2) TILE_BF16_CASE(1, 3) TILE_BF16_CASE(1, 4)
+                TILE_BF16_CASE(2, 1) TILE_BF16_CASE(2, 2) TILE_BF16_CASE(2, 3) TILE_BF16_CASE(2, 4)
+                TILE_BF16_CASE(3, 1) TILE_BF16_CASE(3, 2) TILE_BF16_CASE(3, 3) TILE_BF16_CASE(3, 4)
+                TILE_BF16_CASE(4, 1) TILE_BF16_CASE(4, 2) TILE_BF16_CASE(4, 3) TILE_BF16_CASE(4, 4)
+            }
+        }
+    }
+}
+
+/* ------------------------------------------------------------------------------------- attention */
+
+/* One query q (D floats) against keys/values kp, vp (positions, D) bf16, keys j < span where okr[j].
+   Masked keys contribute exact zeros, and sums run over 16-key blocks from position 0, so the result does
+   not depend on span beyond the row's own keys. */
+static void attend(const float *qp, const uint16_t *kp, const uint16_t *vp, const uint8_t *okr, int64_t span,
+                   int64_t D, float scale, float *out) {
+    int64_t padded = (span + 15) / 16 * 16;
+    float s[padded];
+    float top = -INFINITY;
+    for (int64_t j = 0; j < padded; j++) {
+        if (j >= span || !okr[j]) { s[j] = -INFINITY; continue; }
+        __m512 acc = _mm512_mul_ps(_mm512_loadu_ps(qp), widen_bf16(kp + j * D));
+        for (int64_t d = 16; d < D; d += 16) acc = _mm512_fmadd_ps(_mm512_loadu_ps(qp + d), widen_bf16(kp + j * D + d), acc);
+        s[j] = scale * _mm512_reduce_add_ps(acc);
+        top = s[j] > top ? s[j] : top;
+    }
+    __m512 vtop = _mm512_set1_ps(top), sums = _mm512_setzero_ps();
+    for (int64_t j = 0; j < padded; j += 16) {
+        __m512 x = _mm512_loadu_ps(s + j);
+        __mmask16 live = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-INFINITY), _CMP_NEQ_OQ);
+        __m512 e = _mm512_maskz_mov_ps(live, exp_nonpositive(_mm512_sub_ps(x, vtop)));
+        _mm512_storeu_ps(s + j, e);
+        sums = _mm512_add_ps(sums, e);
+    }
+    float total = _mm512_reduce_add_ps(sums);
+    __m512 acc[8];
+    for (int64_t d = 0; d < D / 16; d++) acc[d] = _mm512_setzero_ps();
+    for (int64_t j = 0; j < span; j++) {
+        if (s[j] == 0.0f) continue; /* masked (or underflowed to nothing) */
+        __m512 ev = _mm512_set1_ps(s[j]);
+        for (int64_t d = 0; d < D / 16; d++) acc[d] = _mm512_fmadd_ps(ev, widen_bf16(vp + j * D + d * 16), acc[d]);
+    }
+    __m512 inv = _mm512_set1_ps(1.0f / total);
+    for (int64_t d = 0; d < D / 16; d++) _mm512_storeu_ps(out + d * 16, _mm512_mul_ps(acc[d], inv));
+}
+
+/* q (R, H, D) float32; caches (slots, H, capacity, D) bf16; ok (R, ok_stride) bytes; out (R, H, D). */
+void decode_attention(const float *q, int64_t R, int64_t H, int64_t D, const uint16_t *kc, const uint16_t *vc,
+                      int64_t slot_stride, int64_t head_stride, const uint8_t *ok, int64_t ok_stride, int64_t span,
+                      float scale, float *out, int n_threads) {
+    #pragma omp parallel for schedule(static) num_threads(n_threads)
+    for (int64_t p = 0; p < R * H; p++) {
+        int64_t r = p / H, h = p % H;
+        attend(q + p * D, kc + r * slot_stride + h * head_stride, vc + r * slot_stride + h * head_stride,
+               ok + r * ok_stride, span, D, scale, out + p * D);
+    }
+}
+
+/* ------------------------------------------------------------------------- the whole decode step */
+
+typedef struct { const int8_t *w; const float *scales; int64_t K, G, N; } Proj; /* an int8 projection */
+typedef struct { const float *weight, *bias; float eps; } Norm;
+typedef struct { Norm ln1, ln_cross, ln2; Proj qkv, out, cross_q, cross_out, fc1, fc2; } Layer;
+
+typedef struct {
+    int64_t R, H, D, ffn;                     /* rows, heads, head_dim, fc1 width */
+    const int64_t *pos;                       /* (R,) the position each row writes its key and value at */
+    const uint8_t *ok; int64_t ok_stride;     /* (R, >= span) keys each row may attend to */
+    int64_t span;                             /* keys 0..span-1 are candidates */
+    int64_t slot_stride, head_stride;         /* of the self-attention caches (slots, H, capacity, D) */
+    int64_t n_cross;                          /* cross-attention keys; 0: no cross-attention (melody) */
+    const uint8_t *cross_ok; int64_t cross_ok_stride;
+    int64_t cross_slot_stride, cross_head_stride;
+    float scale;                              /* softmax scale, 1/sqrt(D) */
+    float *x;                                 /* (R, H*D) the residual stream, updated in place */
+    float *tmp, *att, *buf;                   /* (R, H*D), (R, H*D), (R, max(3 H*D, ffn)) workspace */
+    int16_t *qbuf; float *xscale;             /* (R, max(H*D, ffn)), (R,) workspace */
+} Step;
+
+/* LayerNorm of each row (float32, biased variance, as torch) quantised to int16 for the next projection. */
+static void norm_rows(const float *x, int64_t M, int64_t E, const Norm *n, float *tmp, int16_t *qbuf, float *xscale) {
+    #pragma omp for schedule(static)
+    for (int64_t m = 0; m < M; m++) {
+        const float *row = x + m * E;
+        float *out = tmp + m * E;
+        __m512 sum = _mm512_setzero_ps();
+        for (int64_t k = 0; k < E; k += 16) sum = _mm512_add_ps(sum, _mm512_loadu_ps(row + k));
+        __m512 mean = _mm512_set1_ps(_mm512_reduce_add_ps(sum) / (float)E);
+        __m512 sq = _mm512_setzero_ps();
+        for (int64_t k = 0; k < E; k += 16) {
+            __m512 d = _mm512_sub_ps(_mm512_loadu_ps(row + k), mean);
+            sq = _mm512_fmadd_ps(d, d, sq);
+        }
+        __m512 inv = _mm512_set1_ps(1.0f / sqrtf(_mm512_reduce_add_ps(sq) / (float)E + n->eps));
+        for (int64_t k = 0; k < E; k += 16) {
+            __m512 d = _mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(row + k), mean), inv);
+            _mm512_storeu_ps(out + k, _mm512_fmadd_ps(d, _mm512_loadu_ps(n->weight + k), _mm512_loadu_ps(n->bias + k)));
+        }
+        xscale[m] = quantize_row16(out, E, qbuf + m * E);
+    }
+}
+
+static void quantize_rows(const float *x, int64_t M, int64_t K, int16_t *qbuf, float *xscale) {
+    #pragma omp for schedule(static)
+    for (int64_t m = 0; m < M; m++) xscale[m] = quantize_row16(x + m * K, K, qbuf + m * K);
+}
+
+static void project(const Step *s, const Proj *p, float *y, int mode) {
+    linear_tiles(s->qbuf, s->xscale, s->R, p->K, p->G, p->w, p->scales, p->N, y, mode);
+}
+
+static void store_bf16(const float *x, int64_t D, uint16_t *dst) {
+    for (int64_t d = 0; d < D; d += 16)
+        _mm256_storeu_si256((__m256i *)(dst + d), (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(x + d)));
+}
+
+static void self_attention(const Step *s, uint16_t *kc, uint16_t *vc) {
+    int64_t E = s->H * s->D;
+    #pragma omp for schedule(static)
+    for (int64_t p = 0; p < s->R * s->H; p++) {
+        int64_t r = p / s->H, h = p % s->H;
+        const float *qkv = s->buf + r * 3 * E + h * s->D;
+        uint16_t *kp = kc + r * s->slot_stride + h * s->head_stride, *vp = vc + r * s->slot_stride + h * s->head_stride;
+        store_bf16(qkv + E, s->D, kp + s->pos[r] * s->D);
+        store_bf16(qkv + 2 * E, s->D, vp + s->pos[r] * s->D);
+        attend(qkv, kp, vp, s->ok + r * s->ok_stride, s->span, s->D, s->scale, s->att + r * E + h * s->D);
+    }
+}
+
+static void cross_attention(const Step *s, const uint16_t *kc, const uint16_t *vc) {
+    int64_t E = s->H * s->D;
+    #pragma omp for schedule(static)
+    for (int64_t p = 0; p < s->R * s->H; p++) {
+        int64_t r = p / s->H, h = p % s->H;
+        attend(s->buf + r * E + h * s->D, kc + r * s->cross_slot_stride + h * s->cross_head_stride,
+               vc + r * s->cross_slot_stride + h * s->cross_head_stride, s->cross_ok + r * s->cross_ok_stride,
+               s->n_cross, s->D, s->scale, s->att + r * E + h * s->D);
+    }
+}
+
+/* Every decoder layer for one new position per row, in one parallel region (a barrier between stages
+   instead of a torch op, a ctypes call and a thread wake-up each). Same arithmetic as the layer-by-layer
+   path with Int8Linear projections, up to float rounding in the norms and GELU (about 1e-7). */
+void decoder_step(const Layer *layers, int64_t n_layers, uint16_t *const *k, uint16_t *const *v,
+                  const uint16_t *const *cross_k, const uint16_t *const *cross_v, const Step *s, int n_threads) {
+    int64_t E = s->H * s->D;
+    #pragma omp parallel num_threads(n_threads)
+    for (int64_t l = 0; l < n_layers; l++) {
+        const Layer *L = layers + l;
+        norm_rows(s->x, s->R, E, &L->ln1, s->tmp, s->qbuf, s->xscale);
+        project(s, &L->qkv, s->buf, STORE);
+        self_attention(s, k[l], v[l]);
+        quantize_rows(s->att, s->R, E, s->qbuf, s->xscale);
+        project(s, &L->out, s->x, ACCUMULATE);
+        if (s->n_cross > 0) {
+            norm_rows(s->x, s->R, E, &L->ln_cross, s->tmp, s->qbuf, s->xscale);
+            project(s, &L->cross_q, s->buf, STORE);
+            cross_attention(s, cross_k[l], cross_v[l]);
+            quantize_rows(s->att, s->R, E, s->qbuf, s->xscale);
+            project(s, &L->cross_out, s->x, ACCUMULATE);
+        }
+        norm_rows(s->x, s->R, E, &L->ln2, s->tmp, s->qbuf, s->xscale);
+        project(s, &L->fc1, s->buf, GELU);
+        quantize_rows(s->buf, s->R, s->ffn, s->qbuf, s->xscale);
+        project(s, &L->fc2, s->x, ACCUMULATE);
+    }
+}
