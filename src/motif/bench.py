@@ -297,10 +297,7 @@ def _decoder_in(model: Any, is_melody: bool, precision: str, max_len: int) -> St
     copied = copy.deepcopy(model)
     dtype = models.resolve_dtype(precision, torch.device("cpu"))
     copied.decoder.to(dtype)
-    decoder = StaticCacheDecoder(copied, is_melody, max_len)
-    if precision == "int8":
-        decoder.quantize_int8()
-    return decoder
+    return StaticCacheDecoder(copied, is_melody, max_len, int8=precision == "int8")
 
 
 def codec_snr(codec: Any, n_frames: int, dtype: torch.dtype) -> tuple[float, float, float]:

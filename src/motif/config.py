@@ -21,7 +21,7 @@ class Settings(BaseSettings):
     generation_model: str = "facebook/musicgen-small"
     embedding_model: str = "laion/clap-htsat-unfused"
     generation_precision: Literal["auto", "fp32", "bf16", "fp16", "int8"] = Field(
-        "auto", description="auto: fp16 on CUDA, bf16 on CPUs with native bf16, else fp32"
+        "auto", description="auto: fp16 on CUDA; int8 on CPUs with AVX512-VNNI and gcc, else bf16 if native, else fp32"
     )
     embedding_precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     model_cache_dir: Path = Field(Path(".cache/motif"), description="where `tiny` models are built")

@@ -73,8 +73,9 @@ class MusicGenerator:
     """Runs DecodeTasks on one loaded MusicGen model. One decode loop at a time (callers serialise)."""
 
     def __init__(
-        self, loaded: LoadedGenerator, window_frames: int = 1500, overlap_frames: int = 500, max_batch: int = 4
-    ) -> None:
+        self, loaded: LoadedGenerator, window_frames: int = 1500, overlap_frames: int = 500, max_batch: int = 4,
+        int8: bool = False,
+    ) -> None:  # fmt: skip
         self.loaded = loaded
         self.model = loaded.model
         self.n_codebooks = self.model.decoder.config.num_codebooks
@@ -82,7 +83,8 @@ class MusicGenerator:
         self.overlap_frames = overlap_frames
         self.max_batch = max_batch
         prefix = self.model.config.chroma_length + 256 if loaded.is_melody else 0
-        self.decoder = StaticCacheDecoder(self.model, loaded.is_melody, window_frames + self.n_codebooks + prefix + 2)
+        max_len = window_frames + self.n_codebooks + prefix + 2
+        self.decoder = StaticCacheDecoder(self.model, loaded.is_melody, max_len, int8=int8)
 
     # ---------------------------------------------------------------- the loop
 

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from motif.engine.checkpoint import checkpoint_dtype, find_safetensors, own_weights
+from motif.engine.kernels import load_kernel
 from motif.errors import ModelUnavailableError
 
 log = logging.getLogger(__name__)
@@ -81,14 +82,29 @@ def cpu_has_native_bf16() -> bool:
 
 
 def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
-    """Precision setting -> the dtype weights are held in (int8 keeps fp32 storage and quantises later)."""
+    """Precision setting -> the dtype weights are loaded in (int8 is quantised from a bf16 load)."""
     if precision == "auto":
         if device.type == "cuda":
             return torch.float16
         return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
-    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "int8": torch.float32}[
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "int8": torch.bfloat16}[
         precision
     ]
+
+
+def resolve_generation_precision(precision: str, device: torch.device) -> str:
+    """GENERATION_PRECISION -> the precision MusicGen's decoder runs in.
+
+    `auto`: fp16 on CUDA; on CPU int8 where its kernel builds (AVX512-VNNI and gcc), since its logits error
+    is bf16's at half the bytes per step (`motif bench` measures both); else bf16 where the CPU has it, else fp32.
+    """
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "fp16"
+    if load_kernel() is not None:
+        return "int8"
+    return "bf16" if cpu_has_native_bf16() else "fp32"
 
 
 def _hub_cache_dir() -> str:

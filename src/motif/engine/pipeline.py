@@ -97,22 +97,20 @@ class Engine:
     def _load_generator(self) -> MusicGenerator:
         s = self.settings
         device = self.device
-        dtype = models.resolve_dtype(s.generation_precision, device)  # int8: fp32 now, quantised below
+        precision = models.resolve_generation_precision(s.generation_precision, device)
+        dtype = models.resolve_dtype(precision, device)  # int8: bf16 now, quantised by the decoder
         # The decoder is where the time goes and is read straight into `dtype`; T5 and EnCodec's encoder stay fp32.
         loaded = models.load_generator(s.generation_model, device, torch.float32, s.model_cache_dir,
                                        s.allow_model_download, decoder_dtype=dtype)  # fmt: skip
-        reduced = dtype != torch.float32 or s.generation_precision == "int8"
-        if reduced and device.type == "cpu" and models.cpu_has_native_bf16():
+        if precision != "fp32" and device.type == "cpu" and models.cpu_has_native_bf16():
             cast_codec_decoder(loaded.model.audio_encoder, torch.bfloat16)  # tokens -> audio; SNR in `motif bench`
-        generator = MusicGenerator(
+        return MusicGenerator(
             loaded,
             window_frames=int(s.window_seconds * FRAMES_PER_SECOND),
             overlap_frames=int(s.extend_overlap_seconds * FRAMES_PER_SECOND),
             max_batch=s.max_batch_size,
+            int8=precision == "int8",
         )
-        if s.generation_precision == "int8":
-            generator.decoder.quantize_int8()
-        return generator
 
     def _load_embedder(self) -> Embedder:
         s = self.settings
