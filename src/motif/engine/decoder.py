@@ -223,16 +223,18 @@ class StaticCacheDecoder:
         old_slots, old_cap = self._key_ok.shape
         shape = (n_slots, self.n_heads, capacity, self.head_dim)
 
-        def grow(old: list[torch.Tensor]) -> list[torch.Tensor]:
-            new = []
+        def grow(cache: list[torch.Tensor]) -> None:
+            """In place, layer by layer: at most one layer's old tensor is held beside the new ones."""
             for i in range(len(self.layers)):
                 tensor = torch.zeros(shape, dtype=self.cache_dtype, device=self.device)
-                if old:
-                    tensor[:old_slots, :, :old_cap] = old[i]
-                new.append(tensor)
-            return new
+                if i < len(cache):
+                    tensor[:old_slots, :, :old_cap] = cache[i]
+                    cache[i] = tensor
+                else:
+                    cache.append(tensor)
 
-        self._k, self._v = grow(self._k), grow(self._v)
+        grow(self._k)
+        grow(self._v)
         key_ok = torch.zeros(n_slots, capacity, dtype=torch.bool, device=self.device)
         key_ok[:old_slots, :old_cap] = self._key_ok
         self._key_ok = key_ok
