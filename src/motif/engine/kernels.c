@@ -191,22 +191,50 @@ void bf16_linear(const uint16_t *x, int64_t M, int64_t K, const uint16_t *packed
 
 /* ------------------------------------------------------------------------------------- attention */
 
+/* Sixteen vectors -> one whose lane t is the sum of v[t]'s lanes: a transpose-and-add tree, about a
+   fifth of the instructions of sixteen separate horizontal sums. */
+static inline __m512 sum16(__m512 v[16]) {
+    __m512 x[8], z[4];
+    for (int i = 0; i < 8; i++)
+        x[i] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]), _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]));
+    for (int i = 0; i < 4; i++)
+        z[i] = _mm512_add_ps(_mm512_shuffle_ps(x[2 * i], x[2 * i + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+                             _mm512_shuffle_ps(x[2 * i], x[2 * i + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+    __m512 w0 = _mm512_add_ps(_mm512_shuffle_f32x4(z[0], z[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                              _mm512_shuffle_f32x4(z[0], z[1], _MM_SHUFFLE(3, 1, 3, 1)));
+    __m512 w1 = _mm512_add_ps(_mm512_shuffle_f32x4(z[2], z[3], _MM_SHUFFLE(2, 0, 2, 0)),
+                              _mm512_shuffle_f32x4(z[2], z[3], _MM_SHUFFLE(3, 1, 3, 1)));
+    return _mm512_add_ps(_mm512_shuffle_f32x4(w0, w1, _MM_SHUFFLE(2, 0, 2, 0)),
+                         _mm512_shuffle_f32x4(w0, w1, _MM_SHUFFLE(3, 1, 3, 1)));
+}
+
 /* One query q (D floats) against keys/values kp, vp (positions, D) bf16, keys j < span where okr[j].
-   Masked keys contribute exact zeros, and sums run over 16-key blocks from position 0, so the result does
-   not depend on span beyond the row's own keys. */
+   Scores are computed sixteen keys at a time (keys past span are never read); masked keys contribute
+   exact zeros, and sums run over 16-key blocks from position 0, so the result does not depend on span
+   beyond the row's own keys. */
 static void attend(const float *qp, const uint16_t *kp, const uint16_t *vp, const uint8_t *okr, int64_t span,
                    int64_t D, float scale, float *out) {
     int64_t padded = (span + 15) / 16 * 16;
     float s[padded];
-    float top = -INFINITY;
-    for (int64_t j = 0; j < padded; j++) {
-        if (j >= span || !okr[j]) { s[j] = -INFINITY; continue; }
-        __m512 acc = _mm512_mul_ps(_mm512_loadu_ps(qp), widen_bf16(kp + j * D));
-        for (int64_t d = 16; d < D; d += 16) acc = _mm512_fmadd_ps(_mm512_loadu_ps(qp + d), widen_bf16(kp + j * D + d), acc);
-        s[j] = scale * _mm512_reduce_add_ps(acc);
-        top = s[j] > top ? s[j] : top;
+    __m512 q[8];
+    for (int64_t d = 0; d < D / 16; d++) q[d] = _mm512_loadu_ps(qp + d * 16);
+    __m512 vmax = _mm512_set1_ps(-INFINITY), vscale = _mm512_set1_ps(scale);
+    for (int64_t j0 = 0; j0 < padded; j0 += 16) {
+        __m512 prod[16];
+        for (int t = 0; t < 16; t++) {
+            int64_t j = j0 + t;
+            if (j >= span) { prod[t] = _mm512_setzero_ps(); continue; }
+            __m512 acc = _mm512_mul_ps(q[0], widen_bf16(kp + j * D));
+            for (int64_t d = 1; d < D / 16; d++) acc = _mm512_fmadd_ps(q[d], widen_bf16(kp + j * D + d * 16), acc);
+            prod[t] = acc;
+        }
+        __mmask16 live = 0;
+        for (int t = 0; t < 16; t++) live |= (__mmask16)((j0 + t < span && okr[j0 + t]) ? 1u << t : 0u);
+        __m512 x = _mm512_mask_mov_ps(_mm512_set1_ps(-INFINITY), live, _mm512_mul_ps(vscale, sum16(prod)));
+        _mm512_storeu_ps(s + j0, x);
+        vmax = _mm512_max_ps(vmax, x);
     }
-    __m512 vtop = _mm512_set1_ps(top), sums = _mm512_setzero_ps();
+    __m512 vtop = _mm512_set1_ps(_mm512_reduce_max_ps(vmax)), sums = _mm512_setzero_ps();
     for (int64_t j = 0; j < padded; j += 16) {
         __m512 x = _mm512_loadu_ps(s + j);
         __mmask16 live = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-INFINITY), _CMP_NEQ_OQ);
