@@ -1,7 +1,7 @@
 """The static-cache decoder against transformers' forward, slot handling, and the fast paths' error bounds.
 
-The model here is a tiny random MusicGen with 16-wide heads, so the bf16 attention kernel (which needs
-head_dim % 16 == 0) runs in these tests; the `tiny` model of the other tests has 8-wide heads.
+The model here is a tiny random MusicGen with 16-wide heads (as `tiny`), so the bf16 attention kernel and the
+fused int8 step (which need head_dim % 16 == 0) run in these tests, and weights larger than `tiny`'s.
 """
 
 from __future__ import annotations
@@ -189,6 +189,30 @@ def test_fused_int8_step_matches_the_layer_by_layer_int8_step(model: Any) -> Non
     assert _rel_err(logits["fused"], logits["layered"]) < 1e-3
     assert torch.equal(logits["fused"].argmax(-1), logits["layered"].argmax(-1))
     torch.testing.assert_close(fused._k[1].float(), layered._k[1].float(), rtol=0.02, atol=0.02)
+
+
+@needs_kernel
+def test_fused_int8_step_matches_layer_by_layer_for_musicgen_melody() -> None:
+    """MusicGen-Melody has no cross-attention: its conditioning is a prefix of the self-attention keys."""
+    from transformers import MusicgenMelodyConfig, MusicgenMelodyDecoderConfig, MusicgenMelodyForConditionalGeneration
+
+    parts = _tiny_musicgen_configs(vocab_size=200)
+    parts["decoder"] = MusicgenMelodyDecoderConfig(**parts["decoder"])
+    torch.manual_seed(4)
+    melody = MusicgenMelodyForConditionalGeneration(MusicgenMelodyConfig(**parts)).eval()
+    prefix, ok = _memory(6, seed=9)
+    ok[:2] = False  # padding at the front, as a short text leaves it
+    logits = {}
+    for name in ("fused", "layered"):
+        decoder = StaticCacheDecoder(copy.deepcopy(melody), True, 64, int8=True)
+        assert decoder._fused is not None and not decoder.has_cross
+        if name == "layered":
+            decoder._fused = None
+        decoder.reserve(1)
+        decoder.prefill(0, _tokens(2), prefix, ok)
+        logits[name] = torch.stack([decoder.step(_tokens(1, seed=t).T) for t in range(5)])
+    assert _rel_err(logits["fused"], logits["layered"]) < 1e-3
+    assert torch.equal(logits["fused"].argmax(-1), logits["layered"].argmax(-1))
 
 
 @needs_kernel

@@ -11,6 +11,7 @@ import torch
 
 from motif.config import Settings
 from motif.engine import Engine, GenerationMode, GenerationParams
+from motif.engine.kernels import load_kernel
 from motif.engine.models import cpu_has_native_bf16
 from motif.engine.pipeline import GenerationJob
 from motif.engine.types import SAMPLE_RATE
@@ -117,6 +118,17 @@ def test_a_bf16_engine_holds_no_float32_decoder_weights(model_cache: Path) -> No
     assert engine.generator.loaded.dtype is torch.bfloat16
     assert {t.dtype for t in model.decoder.state_dict().values() if t.is_floating_point()} == {torch.bfloat16}
     assert {p.dtype for p in model.text_encoder.parameters()} == {torch.float32}  # T5 stays float32
+
+
+def test_auto_precision_runs_the_fused_int8_step_where_the_kernel_builds(engine: Engine) -> None:
+    decoder = engine.generator.decoder
+    if load_kernel() is None:
+        assert decoder.precision in {"bf16", "fp32"}
+        return
+    assert decoder.precision == "int8" and decoder._fused is not None  # what real models run here, too
+    float_weights = [t for t in engine.generator.loaded.model.decoder.model.decoder.layers.state_dict().values()
+                     if t.is_floating_point() and t.dim() == 2 and t.numel() > 0]  # fmt: skip
+    assert not float_weights  # the bf16 projections were released once quantised
 
 
 @pytest.mark.skipif(not cpu_has_native_bf16(), reason="bf16 EnCodec decode is used only on CPUs with native bf16")
