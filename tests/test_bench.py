@@ -36,7 +36,8 @@ def test_the_table_says_so_when_the_server_did_not_answer() -> None:
         "clap60_motif_s": 0.1, "cold_start_s": None, "peak_rss_gb": 1.0, "weight_mb_per_step": 1.0,
         "bandwidth_gbs": 10.0, "floor_rtf_bandwidth": 0.1, "floor_rtf_flops": 0.01,
         "matmul_gflops": {"bfloat16": 100.0}, "fidelity_by_precision": {"bf16": {"rel_err": 0.01, "top1": 0.99}},
-        "codec_snr_db": 40.0, "codec_fp32_s": 1.0, "codec_bf16_s": 0.5,
+        "codec_snr_db": 40.0, "codec_fp32_s": 1.0, "codec_bf16_s": 0.5, "floor_step_ms_bandwidth": 2.0,
+        "floor_step_ms_flops_8_rows": 3.0, "step_ms": {"2x1": 1.0, "2x300": 1.5, "8x1": 2.0, "8x300": 3.0},
     }  # fmt: skip
     table = bench.format_table(result)
     assert "n/a" in table and "2.0x faster" in table

@@ -1,0 +1,7 @@
+"""`python -m motif.bench`."""
+
+import sys
+
+from motif.bench.run import main
+
+sys.exit(main())
