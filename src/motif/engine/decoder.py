@@ -20,102 +20,43 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from motif.engine.cpuops import MAX_HEAD_DIM, Bf16Linear, Int8Linear, decode_attention
+from motif.engine.cpuops import MAX_HEAD_DIM, Bf16Linear, decode_attention
 from motif.engine.fused import FusedLayers
 from motif.engine.kernels import cpu_has_bf16_dot, load_kernel
+from motif.engine.layers import (
+    Dense,
+    Layer,
+    Norm,
+    Projection,
+    build_layer,
+    linear_weight,
+    projection_bytes,
+    projection_macs,
+    share_fused,
+    to_int8,
+)
 
 log = logging.getLogger(__name__)
 
 CACHE_CHUNK = 256  # positions the KV cache grows by
-Projection = Callable[[torch.Tensor], torch.Tensor]
 
 
-@dataclass
-class _Norm:
-    weight: torch.Tensor
-    bias: torch.Tensor
-    eps: float
-
-    @classmethod
-    def of(cls, norm: nn.LayerNorm) -> _Norm:
-        return cls(norm.weight.detach(), norm.bias.detach(), norm.eps)
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return F.layer_norm(x, self.weight.shape, self.weight, self.bias, self.eps)
 
 
-@dataclass
-class _Dense:
-    """A bias-free projection as a plain F.linear (no nn.Module call overhead)."""
-
-    weight: torch.Tensor
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight)
 
 
-@dataclass
-class _Layer:
-    """One decoder layer's weights, fused where that saves a matmul. Projections are swappable (int8)."""
-
-    ln1: _Norm
-    qkv: Projection
-    out: Projection
-    ln2: _Norm
-    fc1: Projection
-    fc2: Projection
-    act: Callable[[torch.Tensor], torch.Tensor]
-    ln_cross: _Norm | None = None
-    cross_q: Projection | None = None
-    cross_kv: Projection | None = None
-    cross_out: Projection | None = None
 
 
-def _linear_weight(parts: list[Any]) -> torch.Tensor:
-    """The weights of Linear (or Embedding) modules stacked along their first dim: (sum of outputs, in)."""
-    if any(getattr(p, "bias", None) is not None for p in parts):
-        raise ValueError("MusicGen's decoder projections have no bias; this one does")
-    if len(parts) == 1:
-        return parts[0].weight.detach()
-    return torch.cat([p.weight.detach() for p in parts], dim=0)
 
 
-def _share_fused(parts: list[Any], fused: torch.Tensor) -> None:
-    """Point the model's separate weights (q/k/v, heads, embeddings) at slices of the fused one, held once."""
-    start = 0
-    for part in parts:
-        n = part.weight.shape[0]
-        part.weight = nn.Parameter(fused[start : start + n], requires_grad=False)
-        start += n
 
 
-def _build_layer(layer: Any, has_cross: bool) -> _Layer:
-    attn = layer.self_attn
-    qkv_parts = [attn.q_proj, attn.k_proj, attn.v_proj]
-    qkv = _linear_weight(qkv_parts)
-    _share_fused(qkv_parts, qkv)
-    built = _Layer(
-        ln1=_Norm.of(layer.self_attn_layer_norm), qkv=_Dense(qkv), out=_Dense(_linear_weight([attn.out_proj])),
-        ln2=_Norm.of(layer.final_layer_norm), fc1=_Dense(_linear_weight([layer.fc1])),
-        fc2=_Dense(_linear_weight([layer.fc2])), act=layer.activation_fn,
-    )  # fmt: skip
-    if has_cross:
-        cross = layer.encoder_attn
-        kv_parts = [cross.k_proj, cross.v_proj]
-        kv = _linear_weight(kv_parts)
-        _share_fused(kv_parts, kv)
-        built.ln_cross = _Norm.of(layer.encoder_attn_layer_norm)
-        built.cross_q = _Dense(_linear_weight([cross.q_proj]))
-        built.cross_kv = _Dense(kv)
-        built.cross_out = _Dense(_linear_weight([cross.out_proj]))
-    return built
 
 
 class StaticCacheDecoder:
@@ -138,21 +79,21 @@ class StaticCacheDecoder:
         self.n_heads, self.head_dim, self.scaling = first.num_heads, first.head_dim, first.scaling
         self.hidden_size = self.n_heads * self.head_dim
         self.vocab_in = decoder.embed_tokens[0].weight.shape[0]  # codebook size + pad/special rows
-        self.embed_weight = _linear_weight(list(decoder.embed_tokens))  # (K * vocab_in, hidden): one lookup
-        _share_fused(list(decoder.embed_tokens), self.embed_weight)
+        self.embed_weight = linear_weight(list(decoder.embed_tokens))  # (K * vocab_in, hidden): one lookup
+        share_fused(list(decoder.embed_tokens), self.embed_weight)
         self._embed_offsets = torch.arange(self.n_codebooks, device=self.embed_weight.device) * self.vocab_in
         positions = decoder.embed_positions
         if positions.weights.shape[0] < max_len:
             positions.make_weights(max_len, positions.embedding_dim)
-        self.layers = [_build_layer(layer, self.has_cross) for layer in decoder.layers]
+        self.layers = [build_layer(layer, self.has_cross) for layer in decoder.layers]
         self.gelu_exact = decoder.config.activation_function == "gelu"
         self._fused: FusedLayers | None = None
         self._source = causal_lm  # its projection weights are released when we repack them (bf16 kernel, int8)
-        self.final_ln = _Norm.of(decoder.layer_norm)
-        heads = _linear_weight(list(causal_lm.lm_heads))  # (K * vocab, hidden)
-        _share_fused(list(causal_lm.lm_heads), heads)
+        self.final_ln = Norm.of(decoder.layer_norm)
+        heads = linear_weight(list(causal_lm.lm_heads))  # (K * vocab, hidden)
+        share_fused(list(causal_lm.lm_heads), heads)
         self.vocab = causal_lm.lm_heads[0].weight.shape[0]
-        self.heads: Projection = _Dense(heads)
+        self.heads: Projection = Dense(heads)
         self.dtype = heads.dtype  # activations' dtype between projections
         self.device = heads.device
         self.positions = positions.weights.to(self.device, self.dtype)
@@ -323,7 +264,7 @@ class StaticCacheDecoder:
         return self._logits(hidden[-1:])[0]
 
     def _prefill_layer(
-        self, i: int, layer: _Layer, hidden: torch.Tensor, bias: torch.Tensor, cross_bias: torch.Tensor | None,
+        self, i: int, layer: Layer, hidden: torch.Tensor, bias: torch.Tensor, cross_bias: torch.Tensor | None,
         slot: int,
     ) -> torch.Tensor:  # fmt: skip
         time = hidden.shape[0]
@@ -362,7 +303,7 @@ class StaticCacheDecoder:
         return _additive_mask(self._cross_ok[rows], self._attn_dtype)[:, None, None, :]
 
     def _cross(
-        self, i: int, layer: _Layer, hidden: torch.Tensor, bias: torch.Tensor | None, rows: slice
+        self, i: int, layer: Layer, hidden: torch.Tensor, bias: torch.Tensor | None, rows: slice
     ) -> torch.Tensor:
         """Cross-attention: hidden (rows, time, hidden) -> (rows, time, hidden)."""
         n_rows, time, _ = hidden.shape
@@ -409,7 +350,7 @@ class StaticCacheDecoder:
         return hidden
 
     def _step_layer(
-        self, i: int, layer: _Layer, hidden: torch.Tensor, bias: torch.Tensor | None,
+        self, i: int, layer: Layer, hidden: torch.Tensor, bias: torch.Tensor | None,
         cross_bias: torch.Tensor | None, n_rows: int, span: int, where: Any,
     ) -> torch.Tensor:  # fmt: skip
         """hidden (rows, hidden) -> (rows, hidden) for one new position per row."""
@@ -450,16 +391,16 @@ class StaticCacheDecoder:
         """
         if self.dtype not in (torch.float32, torch.bfloat16):
             raise ValueError("quantize_int8 expects the decoder in float32 or bf16")
-        if any(not isinstance(layer.qkv, _Dense) for layer in self.layers):
+        if any(not isinstance(layer.qkv, Dense) for layer in self.layers):
             raise ValueError("the projections are already repacked: build the decoder with int8=True")
         if self.device.type != "cpu":
             raise ValueError("the int8 kernels are CPU kernels")
         if self._kernel is None:  # the torch fallback is exact but far slower than float32: not worth it
             log.warning("GENERATION_PRECISION=int8 needs the AVX512-VNNI kernel (and gcc); staying in float32")
             return
-        self._swap_projections(_int8, heads=False)
+        self._swap_projections(to_int8, heads=False)
         if heads:
-            self._swap_heads(_int8)
+            self._swap_heads(to_int8)
         elif self._kernel is not None and cpu_has_bf16_dot():
             self._swap_heads(self._bf16)
         self._residual_in_float32()
@@ -473,7 +414,7 @@ class StaticCacheDecoder:
         if self.dtype == torch.float32:
             return
         self.embed_weight = self.embed_weight.float()
-        _share_fused(list(self._source.model.decoder.embed_tokens), self.embed_weight)
+        share_fused(list(self._source.model.decoder.embed_tokens), self.embed_weight)
         self.positions = self.positions.float()
         for layer in self.layers:
             for norm in (layer.ln1, layer.ln2, layer.ln_cross):
@@ -482,17 +423,17 @@ class StaticCacheDecoder:
         self.final_ln.weight, self.final_ln.bias = self.final_ln.weight.float(), self.final_ln.bias.float()
         self.dtype = torch.float32
 
-    def _bf16(self, dense: _Dense) -> Bf16Linear:
+    def _bf16(self, dense: Dense) -> Bf16Linear:
         is_heads = dense is self.heads  # logits leave in float32, as the float path's .float() would give
         return Bf16Linear(dense.weight, self._kernel, torch.float32 if is_heads else None)  # type: ignore[arg-type]
 
 
-    def _swap_projections(self, make: Callable[[_Dense], Projection], heads: bool) -> None:
+    def _swap_projections(self, make: Callable[[Dense], Projection], heads: bool) -> None:
         """Replace every plain layer projection (and the heads if asked); release the model's float copies."""
         for layer, source in zip(self.layers, self._source.model.decoder.layers, strict=True):
             for name in ("qkv", "out", "fc1", "fc2", "cross_q", "cross_kv", "cross_out"):
                 proj = getattr(layer, name)
-                if isinstance(proj, _Dense):
+                if isinstance(proj, Dense):
                     setattr(layer, name, make(proj))
                     proj.weight = torch.empty(0)
             for module in source.modules():  # layer by layer, so at most one layer is held twice
@@ -501,8 +442,8 @@ class StaticCacheDecoder:
         if heads:
             self._swap_heads(make)
 
-    def _swap_heads(self, make: Callable[[_Dense], Projection]) -> None:
-        if not isinstance(self.heads, _Dense):
+    def _swap_heads(self, make: Callable[[Dense], Projection]) -> None:
+        if not isinstance(self.heads, Dense):
             return
         old = self.heads
         self.heads = make(old)
@@ -517,34 +458,17 @@ class StaticCacheDecoder:
 
     def weight_bytes_per_step(self) -> int:
         """Bytes of projection weights one decode step reads (cross-attention keys/values excluded)."""
-        return sum(_projection_bytes(proj) for proj in self._step_projections())
+        return sum(projection_bytes(proj) for proj in self._step_projections())
 
     def macs_per_row(self) -> int:
         """Multiply-accumulates of one row's projections per step (attention excluded)."""
-        return sum(_projection_macs(proj) for proj in self._step_projections())
+        return sum(projection_macs(proj) for proj in self._step_projections())
 
 
-def _int8(proj: _Dense) -> Int8Linear:
-    linear = nn.Linear(proj.weight.shape[1], proj.weight.shape[0], bias=False, device="meta")
-    linear.weight = nn.Parameter(proj.weight, requires_grad=False)
-    return Int8Linear(linear)
 
 
-def _projection_bytes(proj: Projection | None) -> int:
-    if proj is None:
-        return 0
-    if isinstance(proj, Int8Linear | Bf16Linear):
-        return proj.weight_bytes
-    weight = proj.weight  # type: ignore[attr-defined]
-    return weight.numel() * weight.element_size()
 
 
-def _projection_macs(proj: Projection | None) -> int:
-    if proj is None:
-        return 0
-    if isinstance(proj, Int8Linear | Bf16Linear):
-        return proj.in_features * proj.out_features
-    return proj.weight.numel()  # type: ignore[attr-defined]
 
 
 def _additive_mask(ok: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
