@@ -288,7 +288,8 @@ def _tiny_roberta_tokenizer() -> Any:
             merges.append((piece, ch))
             piece += ch
             vocab.setdefault(piece, len(vocab))
-    return RobertaTokenizer(vocab=vocab, merges=list(dict.fromkeys(merges)))
+    unique_merges: list[tuple[str, str]] = list(dict.fromkeys(merges))
+    return RobertaTokenizer(vocab=vocab, merges=unique_merges)  # type: ignore[arg-type]  # pairs: what BPE takes
 
 
 def _tiny_musicgen_configs(vocab_size: int) -> dict[str, Any]:

@@ -262,7 +262,8 @@ class Engine:
         if analysis is None:
             analysis = analyze(source, SAMPLE_RATE).to_dict()
         key = f"{analysis['key']} {analysis['mode']}" if analysis.get("key") else None
-        return self.embedder.caption(embedding, analysis.get("tempo_bpm"), key).text
+        tempo = analysis.get("tempo_bpm")
+        return self.embedder.caption(embedding, float(tempo) if tempo is not None else None, key).text
 
     def _finish(
         self, job: GenerationJob, audio: np.ndarray, seed: int, mode: GenerationMode, description: str | None,
