@@ -59,7 +59,7 @@ class FusedLayers:
     @staticmethod
     def supports(decoder: Any) -> bool:
         """True where the fused step computes what the layer-by-layer int8 path does."""
-        if not decoder._kernel_attention or decoder.cache_dtype != torch.bfloat16 or not decoder.gelu_exact:
+        if not decoder._kernel_attention or not decoder.gelu_exact:  # bf16 caches read by the attention kernel
             return False
         for layer in decoder.layers:
             for name in _PROJECTIONS:
@@ -113,15 +113,14 @@ class FusedLayers:
             head_stride=k0.stride(1), scale=self.scale, x=x.data_ptr(), tmp=tmp.data_ptr(), att=att.data_ptr(),
             buf=buf.data_ptr(), qbuf=qbuf.data_ptr(), xscale=xscale.data_ptr(),
         )  # fmt: skip
-        pointers = _pointer_array
         cross_k = cross_v = None
         if decoder.has_cross:
             ck, ok = decoder._cross_k[0], decoder._cross_ok
             state.n_cross, state.cross_ok, state.cross_ok_stride = ok.shape[1], ok.data_ptr(), ok.stride(0)
             state.cross_slot_stride, state.cross_head_stride = ck.stride(0), ck.stride(1)
-            cross_k, cross_v = pointers(decoder._cross_k), pointers(decoder._cross_v)
+            cross_k, cross_v = _pointer_array(decoder._cross_k), _pointer_array(decoder._cross_v)
         self.kernel.decoder_step(
-            self.layers, len(self.layers), pointers(decoder._k), pointers(decoder._v), cross_k, cross_v,
+            self.layers, len(self.layers), _pointer_array(decoder._k), _pointer_array(decoder._v), cross_k, cross_v,
             ctypes.byref(state), torch.get_num_threads(),
         )  # fmt: skip
         return x
