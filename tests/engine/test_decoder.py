@@ -7,6 +7,9 @@ fused int8 step (which need head_dim % 16 == 0) run in these tests, and weights 
 from __future__ import annotations
 
 import copy
+import shutil
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -228,6 +231,39 @@ def test_int8_from_bf16_weights_stays_close_to_fp32(model: Any) -> None:
     ours = _ours(decoder, tokens, states, mask)
     assert _rel_err(ours, reference) < 0.08
     assert (ours.argmax(-1) == reference.argmax(-1)).float().mean() > 0.85
+
+
+@needs_kernel
+def test_int8_from_bf16_runs_on_a_cpu_without_avx512_bf16(model: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """VNNI without BF16 (Cascade Lake): the codebook heads stay a float32 matmul, and the fused step,
+    which stores keys/values as bf16 with integer rounding, needs no bf16 instruction."""
+    monkeypatch.setattr(decoder_module, "cpu_has_bf16_dot", lambda: False)
+    states, mask = _memory()
+    tokens = _tokens(8)
+    reference = _ours(_in_precision(model, "int8"), tokens, states, mask)
+    half = copy.deepcopy(model)
+    half.decoder.to(torch.bfloat16)
+    decoder = StaticCacheDecoder(half, False, 64, int8=True)
+    assert isinstance(decoder.heads, decoder_module.Dense) and decoder.heads.weight.dtype == torch.float32
+    assert decoder._fused is not None
+    ours = _ours(decoder, tokens, states, mask)
+    assert _rel_err(ours, reference) < 0.02  # bf16-rounded weights and heads differ a little from the model's
+
+
+@needs_kernel
+@pytest.mark.skipif(shutil.which("objdump") is None, reason="needs objdump (binutils) to read the kernels")
+def test_only_the_bf16_projection_uses_avx512_bf16_instructions() -> None:
+    """Everything but bf16_linear must run on VNNI CPUs without AVX512-BF16, where those would be SIGILL."""
+    library = Path(kernels.load_kernel()._name)  # type: ignore[union-attr]
+    listing = subprocess.run(["objdump", "-d", "--no-show-raw-insn", str(library)], capture_output=True, text=True,
+                             check=True).stdout  # fmt: skip
+    using, function = set(), ""
+    for line in listing.splitlines():
+        if line.endswith(">:"):
+            function = line.split("<", 1)[1].rstrip(">:")
+        elif any(op in line for op in ("vdpbf16ps", "vcvtneps2bf16", "vcvtne2ps2bf16")):
+            using.add(function.split(".")[0])
+    assert using == {"bf16_linear"}
 
 
 @needs_kernel

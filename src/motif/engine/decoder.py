@@ -421,6 +421,8 @@ class StaticCacheDecoder:
                 if norm is not None:
                     norm.weight, norm.bias = norm.weight.float(), norm.bias.float()
         self.final_ln.weight, self.final_ln.bias = self.final_ln.weight.float(), self.final_ln.bias.float()
+        if isinstance(self.heads, Dense):  # no bf16 kernel for them on this CPU: a float32 matmul
+            self.heads.weight = self.heads.weight.float()
         self.dtype = torch.float32
 
     def _bf16(self, dense: Dense) -> Bf16Linear:

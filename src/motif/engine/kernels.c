@@ -2,7 +2,8 @@
    says what each entry point is for; motif.engine.cpuops and motif.engine.fused call them.
 
    Every kernel computes each row on its own (no reduction ever mixes rows), so a row's result is bit-identical
-   whatever else shares its batch. */
+   whatever else shares its batch. Only bf16_linear uses AVX512-BF16 instructions (callers check the CPU has
+   them); everything else needs AVX512 F/BW/VL and VNNI alone, so it runs on Cascade Lake too. */
 #include <immintrin.h>
 #include <math.h>
 #include <stdint.h>
@@ -319,9 +320,15 @@ static void project(const Step *s, const Proj *p, float *y, int mode) {
     linear_tiles(s->qbuf, s->xscale, s->R, p->K, p->G, p->w, p->scales, p->N, y, mode);
 }
 
+/* float32 -> bf16 rounding to nearest even, as torch's .to(bfloat16) does, in integer AVX-512F (no BF16
+   instruction, so the fused step runs on VNNI CPUs without AVX512-BF16). Values here are never NaN. */
 static void store_bf16(const float *x, int64_t D, uint16_t *dst) {
-    for (int64_t d = 0; d < D; d += 16)
-        _mm256_storeu_si256((__m256i *)(dst + d), (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(x + d)));
+    for (int64_t d = 0; d < D; d += 16) {
+        __m512i bits = _mm512_castps_si512(_mm512_loadu_ps(x + d));
+        __m512i odd = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+        bits = _mm512_add_epi32(bits, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7FFF)));
+        _mm256_storeu_si256((__m256i *)(dst + d), _mm512_cvtepi32_epi16(_mm512_srli_epi32(bits, 16)));
+    }
 }
 
 static void self_attention(const Step *s, uint16_t *kc, uint16_t *vc) {
