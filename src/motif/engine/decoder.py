@@ -47,18 +47,6 @@ log = logging.getLogger(__name__)
 CACHE_CHUNK = 256  # positions the KV cache grows by
 
 
-
-
-
-
-
-
-
-
-
-
-
-
 class StaticCacheDecoder:
     """Batched incremental decoding over slots. Not thread-safe: one decode loop owns it.
 
@@ -396,7 +384,7 @@ class StaticCacheDecoder:
         if self.device.type != "cpu":
             raise ValueError("the int8 kernels are CPU kernels")
         if self._kernel is None:  # the torch fallback is exact but far slower than float32: not worth it
-            log.warning("GENERATION_PRECISION=int8 needs the AVX512-VNNI kernel (and gcc); staying in float32")
+            log.warning("GENERATION_PRECISION=int8 needs the AVX512-VNNI kernel and gcc; staying in %s", self.precision)
             return
         self._swap_projections(to_int8, heads=False)
         if heads:
@@ -428,7 +416,6 @@ class StaticCacheDecoder:
     def _bf16(self, dense: Dense) -> Bf16Linear:
         is_heads = dense is self.heads  # logits leave in float32, as the float path's .float() would give
         return Bf16Linear(dense.weight, self._kernel, torch.float32 if is_heads else None)  # type: ignore[arg-type]
-
 
     def _swap_projections(self, make: Callable[[Dense], Projection], heads: bool) -> None:
         """Replace every plain layer projection (and the heads if asked); release the model's float copies."""
@@ -465,12 +452,6 @@ class StaticCacheDecoder:
     def macs_per_row(self) -> int:
         """Multiply-accumulates of one row's projections per step (attention excluded)."""
         return sum(projection_macs(proj) for proj in self._step_projections())
-
-
-
-
-
-
 
 
 def _additive_mask(ok: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
