@@ -27,6 +27,12 @@ static float quantize_row16(const float *x, int64_t K, int16_t *q) {
     return scale;
 }
 
+/* Rows of x (M, K) -> qbuf and xscale, shared out over the threads of an enclosing parallel region. */
+static void quantize_rows(const float *x, int64_t M, int64_t K, int16_t *qbuf, float *xscale) {
+    #pragma omp for schedule(static)
+    for (int64_t m = 0; m < M; m++) xscale[m] = quantize_row16(x + m * K, K, qbuf + m * K);
+}
+
 /* exp(x) for x <= 0 (cephes expf: range reduction by ln 2, degree-5 polynomial); about 1 ulp. */
 static inline __m512 exp_nonpositive(__m512 x) {
     x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
@@ -139,9 +145,11 @@ static void linear_tiles(const int16_t *qbuf, const float *xscale, int64_t M, in
    (G even, at most 128, dividing K; K a multiple of 16). qbuf: M*K int16 of workspace; xscale: M floats. */
 void w8a16_linear(const float *x, int64_t M, int64_t K, int64_t G, const int8_t *packed, const float *scales,
                   int64_t N, float *y, int16_t *qbuf, float *xscale, int n_threads) {
-    for (int64_t m = 0; m < M; m++) xscale[m] = quantize_row16(x + m * K, K, qbuf + m * K);
     #pragma omp parallel num_threads(n_threads)
-    linear_tiles(qbuf, xscale, M, K, G, packed, scales, N, y, STORE);
+    {
+        quantize_rows(x, M, K, qbuf, xscale); /* ends in a barrier: every row is ready for the tiles */
+        linear_tiles(qbuf, xscale, M, K, G, packed, scales, N, y, STORE);
+    }
 }
 
 /* ------------------------------------------------------------------------------- bf16 projections */
@@ -309,11 +317,6 @@ static void norm_rows(const float *x, int64_t M, int64_t E, const Norm *n, float
         }
         xscale[m] = quantize_row16(out, E, qbuf + m * E);
     }
-}
-
-static void quantize_rows(const float *x, int64_t M, int64_t K, int16_t *qbuf, float *xscale) {
-    #pragma omp for schedule(static)
-    for (int64_t m = 0; m < M; m++) xscale[m] = quantize_row16(x + m * K, K, qbuf + m * K);
 }
 
 static void project(const Step *s, const Proj *p, float *y, int mode) {
