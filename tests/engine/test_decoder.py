@@ -129,7 +129,8 @@ def test_move_slot_carries_a_row_on_as_if_nothing_moved(model: Any) -> None:
     decoder.move_slot(2, 0)  # rows 0 and 1 finished; the survivor becomes row 0
     for t in range(5, 9):
         got.append(decoder.step(tokens[None, :, t])[0])
-    torch.testing.assert_close(torch.stack(got), expected, rtol=0, atol=1e-6)
+    # fp32 through MKL: 3 rows and 1 row round differently (about 1e-7 relative), as in the test above
+    torch.testing.assert_close(torch.stack(got), expected, rtol=0, atol=1e-5)
 
 
 def test_cache_grows_in_chunks_and_keeps_what_it_held(model: Any, monkeypatch: pytest.MonkeyPatch) -> None:
