@@ -20,7 +20,15 @@ import torch
 from motif.engine.chroma import melody_chroma
 from motif.engine.decoder import StaticCacheDecoder
 from motif.engine.models import LoadedGenerator
-from motif.engine.types import FRAMES_PER_SECOND, SAMPLE_RATE, CancelCheck, GenerationParams, ProgressCallback
+from motif.engine.streaming import AudioTap
+from motif.engine.types import (
+    FRAMES_PER_SECOND,
+    SAMPLE_RATE,
+    AudioCallback,
+    CancelCheck,
+    GenerationParams,
+    ProgressCallback,
+)
 from motif.errors import GenerationCancelled
 
 log = logging.getLogger(__name__)
@@ -44,6 +52,8 @@ class DecodeTask:
     progress: ProgressCallback | None = None
     should_cancel: CancelCheck | None = None
     on_done: Callable[[np.ndarray | BaseException], None] | None = None
+    on_audio: AudioCallback | None = None  # the audio so far, in chunks, while it is generated (streaming.py)
+    wants_audio: Callable[[], bool] | None = None  # False: nobody listens yet, skip rendering chunks
 
 
 @dataclass
@@ -66,6 +76,7 @@ class _Active:
     steps_total: int = 1
     last_progress: int = -1
     text_states: torch.Tensor | None = None  # (keys, hidden) conditional text memory
+    tap: AudioTap | None = None  # renders the audio so far for a listener
     extra: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
@@ -116,8 +127,13 @@ class MusicGenerator:
                 if state.task.should_cancel is not None and state.task.should_cancel():
                     raise GenerationCancelled(f"generation {state.task.key} was cancelled")
                 if self._advance(state, logits[2 * i], logits[2 * i + 1], slot=2 * i):
-                    _finish(state.task, self._render(state))
+                    audio = self._render(state)
+                    if state.tap is not None:
+                        state.tap.finish(audio)
+                    _finish(state.task, audio)
                     finished.append(i)
+                elif state.tap is not None:
+                    state.tap.step(self._n_known(state), lambda a, b, s=state: self._codes(s, a, b), self._decode)
             except Exception as error:
                 _finish(state.task, error)
                 finished.append(i)
@@ -143,6 +159,9 @@ class MusicGenerator:
             frames = self._encode_audio(task.prompt_audio)
         state = _Active(task, generator, frames, n_source_frames=frames.shape[1])
         state.text_states = self._encode_text(task.text)
+        if task.on_audio is not None:
+            render_start = frames.shape[1] - min(DECODE_CONTEXT_FRAMES, frames.shape[1])
+            state.tap = AudioTap(task.on_audio, task.wants_audio, frames.shape[1], render_start)
         state.steps_total = sum(n + self.n_codebooks - 1 for n in self._window_sizes(task.n_frames, frames.shape[1]))
         self._open_window(state, slot)
         return state
@@ -235,16 +254,38 @@ class MusicGenerator:
         codes = codec.encode(values.to(self.loaded.device, next(codec.parameters()).dtype)).audio_codes
         return codes[0, 0].cpu()
 
-    @torch.inference_mode()
     def _render(self, state: _Active) -> np.ndarray:
         """Decode generated frames (with a little prompt context) to (samples,) float32 at 32 kHz."""
         context = min(DECODE_CONTEXT_FRAMES, state.n_source_frames)
-        codes = state.frames[:, state.n_source_frames - context :]
+        audio = self._decode(state.frames[:, state.n_source_frames - context :])
+        hop = SAMPLE_RATE // FRAMES_PER_SECOND
+        return audio[context * hop : (context + state.task.n_frames) * hop]
+
+    @torch.inference_mode()
+    def _decode(self, codes: torch.Tensor) -> np.ndarray:
+        """(K, frames) codes -> (frames * 640,) float32 at 32 kHz."""
         codec = self.model.audio_encoder
         audio = codec.decode(codes[None, None].to(self.loaded.device), [None]).audio_values[0, 0]
-        hop = SAMPLE_RATE // FRAMES_PER_SECOND
-        audio = audio[context * hop : (context + state.task.n_frames) * hop]
         return audio.float().cpu().numpy()
+
+    def _n_known(self, state: _Active) -> int:
+        """Generated frames whose every codebook is sampled (the delay pattern completes frame f at f + K)."""
+        window = state.window
+        assert window is not None
+        in_window = max(0, window.pos - self.n_codebooks + 1 - window.n_prompt)
+        return state.frames.shape[1] - state.n_source_frames + in_window
+
+    def _codes(self, state: _Active, start: int, end: int) -> torch.Tensor:
+        """(K, end - start) frames start..end of the task's sequence (source prompt first), known so far."""
+        window = state.window
+        assert window is not None
+        n_done = state.frames.shape[1]
+        done = state.frames[:, start:end]
+        if end <= n_done:
+            return done
+        offset = window.n_prompt - n_done
+        current = _undelay(window.seq, window.n_frames)[:, max(start, n_done) + offset : end + offset]
+        return torch.cat([done, current], dim=1)
 
 
 # -------------------------------------------------------------------- pure helpers

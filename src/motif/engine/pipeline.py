@@ -22,6 +22,7 @@ from motif.engine.types import (
     CLAP_SAMPLE_RATE,
     FRAMES_PER_SECOND,
     SAMPLE_RATE,
+    AudioCallback,
     CancelCheck,
     GenerationMode,
     GenerationParams,
@@ -46,6 +47,8 @@ class GenerationJob:
     key: str = ""  # the caller's id for logs
     source_embedding: np.ndarray | None = None  # saves re-embedding the source for `similarity`
     analysis: dict[str, Any] | None = None  # saves re-analysing it for `style` captions
+    on_audio: AudioCallback | None = None  # the audio so far while it is generated (before loudness normalisation)
+    wants_audio: Callable[[], bool] | None = None  # False while nobody listens: no chunks are rendered
 
 
 class Engine:
@@ -251,6 +254,7 @@ class Engine:
             key=job.key, text=text, params=params, seed=seed,
             n_frames=round(params.duration * FRAMES_PER_SECOND), prompt_audio=prompt_audio,
             melody_audio=melody_audio, progress=job.progress, should_cancel=job.should_cancel, on_done=on_done,
+            on_audio=job.on_audio, wants_audio=job.wants_audio,
         )  # fmt: skip
 
     def describe(self, source: np.ndarray, embedding: np.ndarray | None, analysis: dict[str, Any] | None) -> str:

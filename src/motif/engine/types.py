@@ -42,6 +42,7 @@ class GenerationParams:
 
 ProgressCallback = Callable[[float], None]  # called with 0..100, monotonic
 CancelCheck = Callable[[], bool]  # True: stop between decode steps
+AudioCallback = Callable[[np.ndarray, int], None]  # (samples,) float32 at SAMPLE_RATE, offset in samples
 
 
 @dataclass
