@@ -49,10 +49,23 @@ class Settings(BaseSettings):
     embedding_wait_seconds: float = Field(10.0, ge=0, description="GET /embedding waits this long")
     log_level: str = "INFO"
 
+    # Page, pushed progress, live audio and webhooks (issue 12)
+    webhook_secret: str | None = Field(None, description="HMAC-SHA256 key signing webhooks")
+    webhook_allow_private: bool = Field(False, description="let callback_url reach private and loopback addresses")
+    webhook_max_attempts: int = Field(5, ge=1, le=20, description="deliveries tried per webhook, backoff 1, 2, 4 s...")
+    webhook_timeout_seconds: float = Field(10.0, gt=0, description="per webhook attempt")
+    media_token_secret: str | None = Field(None, description="signs media URLs for players; default random per process")
+    media_token_seconds: int = Field(900, ge=10, description="how long a signed media URL stays valid")
+
     @field_validator("log_level")
     @classmethod
     def _upper(cls, value: str) -> str:
         return value.upper()
+
+    @field_validator("webhook_secret", "media_token_secret")
+    @classmethod
+    def _empty_is_unset(cls, value: str | None) -> str | None:
+        return value or None
 
     @property
     def sqlite_path(self) -> Path:

@@ -10,6 +10,7 @@ token sequence is decoded by EnCodec in one go at the end.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -133,7 +134,7 @@ class MusicGenerator:
                     _finish(state.task, audio)
                     finished.append(i)
                 elif state.tap is not None:
-                    state.tap.step(self._n_known(state), lambda a, b, s=state: self._codes(s, a, b), self._decode)
+                    state.tap.step(self._n_known(state), functools.partial(self._codes, state), self._decode)
             except Exception as error:
                 _finish(state.task, error)
                 finished.append(i)

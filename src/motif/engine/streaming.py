@@ -16,7 +16,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from motif.engine.types import AudioCallback, FRAMES_PER_SECOND, SAMPLE_RATE
+from motif.engine.types import FRAMES_PER_SECOND, SAMPLE_RATE, AudioCallback
 
 HOP = SAMPLE_RATE // FRAMES_PER_SECOND  # 640 samples per EnCodec frame
 STREAM_CONTEXT_FRAMES = 50  # 1 s decoded before each chunk and dropped

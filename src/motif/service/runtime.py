@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+import secrets
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
@@ -20,9 +21,13 @@ from sqlalchemy import select
 from motif.config import Settings
 from motif.service.blobs import AREAS, BlobStore, LocalBlobStore
 from motif.service.engine_host import EngineHost, ModelState
+from motif.service.events import JobEvents
 from motif.service.jobs import JobQueue
+from motif.service.peaks import PeaksCache
 from motif.service.store import AudioRow, Database, JobRow
-from motif.service.worker import JobEvents, WorkerContext, Workers
+from motif.service.streams import AudioStreams
+from motif.service.webhooks import WebhookSender, webhook_payload
+from motif.service.worker import WorkerContext, Workers
 
 if TYPE_CHECKING:
     from motif.engine import Engine
@@ -47,6 +52,19 @@ class Services:
     workers: Workers
     decode_limiter: anyio.CapacityLimiter  # uploads decoded at once: bounds memory, not only CPU
     lock: IO[str] | None = None
+    webhooks: WebhookSender | None = None
+    peaks: PeaksCache = field(init=False)
+    media_secret: bytes = field(init=False)  # signs media URLs (MEDIA_TOKEN_SECRET, else random per process)
+
+    def __post_init__(self) -> None:
+        self.peaks = PeaksCache(self.blobs)
+        secret = self.settings.media_token_secret
+        self.media_secret = secret.encode() if secret else secrets.token_bytes(32)
+
+    @property
+    def streams(self) -> AudioStreams:
+        """The live audio of running generations (the generation worker writes it)."""
+        return self.workers.ctx.streams
 
     @property
     def engine(self) -> Engine:
@@ -72,14 +90,21 @@ def open_services(settings: Settings, start_workers: bool = True) -> Services:
     sweep_orphans(db, blobs)
     events = JobEvents()
     workers = Workers(WorkerContext(settings, host, db, blobs, queue, events))
+    webhooks = WebhookSender(lambda job_id: webhook_payload(queue, job_id), settings.webhook_secret,
+                             settings.webhook_allow_private, settings.webhook_max_attempts,
+                             settings.webhook_timeout_seconds)  # fmt: skip
+    events.on_final(webhooks.notify)
     if start_workers:
+        webhooks.start()
         workers.start()  # the embedding worker queues the embeddings uploads lack (backfill_embeddings)
     limiter = anyio.CapacityLimiter(max(2, os.cpu_count() or 2))
-    return Services(settings, db, blobs, queue, host, events, workers, limiter, lock)
+    return Services(settings, db, blobs, queue, host, events, workers, limiter, lock, webhooks)
 
 
 def close_services(services: Services, timeout: float = 30.0) -> None:
     services.workers.stop(timeout)
+    if services.webhooks is not None:
+        services.webhooks.stop()
     services.db.dispose()
     if services.lock is not None:
         services.lock.close()  # releases the flock

@@ -7,7 +7,6 @@ polls; every outcome (result, cancel, error, even a bug) ends as a committed fin
 
 from __future__ import annotations
 
-import asyncio
 import io
 import logging
 import threading
@@ -23,8 +22,10 @@ from motif.engine.types import GenerationMode, GenerationParams, GenerationResul
 from motif.errors import GenerationCancelled, ModelUnavailableError, MotifError
 from motif.service.blobs import BlobStore
 from motif.service.engine_host import EngineHost
+from motif.service.events import QUEUE_TOPIC, JobEvents
 from motif.service.jobs import ErrorCode, JobKind, JobQueue
 from motif.service.store import AudioRow, Database, EmbeddingRow, JobRow, get_embedding, save_embedding
+from motif.service.streams import AudioStreams
 
 if TYPE_CHECKING:  # torch and the model code load in the workers' threads, after the server answers
     from motif.engine import Engine
@@ -36,45 +37,16 @@ PROGRESS_MIN_STEP = 1.0  # percentage points between two progress writes
 PROGRESS_MIN_INTERVAL = 0.5  # seconds between two progress writes
 CANCEL_POLL_INTERVAL = 1.0  # seconds between two reads of a job's cancel flag in the database
 IDLE_POLL_INTERVAL = 1.0  # seconds a worker sleeps when the queue is empty and nobody wakes it
+SERVICE_PARAMS = ("callback_url",)  # request fields the service keeps in the row's params, not for the engine
 MEDIA_TYPES = {OutputFormat.WAV: "audio/wav", OutputFormat.FLAC: "audio/flac", OutputFormat.MP3: "audio/mpeg"}
 
 
-class JobEvents:
-    """Lets async request handlers wait for a job to change without polling the database in a loop."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._waiters: dict[str, list[tuple[asyncio.AbstractEventLoop, asyncio.Event]]] = {}
-
-    def subscribe(self, job_id: str) -> asyncio.Event:
-        """Call on the event loop; the event is set at the job's next publish. Pair with `unsubscribe`."""
-        event = asyncio.Event()
-        with self._lock:
-            self._waiters.setdefault(job_id, []).append((asyncio.get_running_loop(), event))
-        return event
-
-    def unsubscribe(self, job_id: str, event: asyncio.Event) -> None:
-        with self._lock:
-            waiters = [w for w in self._waiters.get(job_id, []) if w[1] is not event]
-            if waiters:
-                self._waiters[job_id] = waiters
-            else:
-                self._waiters.pop(job_id, None)
-
-    def publish(self, job_id: str) -> None:
-        """Thread-safe: wake everyone waiting on `job_id`."""
-        with self._lock:
-            waiters = self._waiters.pop(job_id, [])
-        for loop, event in waiters:
-            if not loop.is_closed():
-                loop.call_soon_threadsafe(event.set)
-
-
 class ProgressReporter:
-    """A ProgressCallback that writes to the job row at most every PROGRESS_MIN_INTERVAL s and 1 point."""
+    """A ProgressCallback that writes to the job row at most every PROGRESS_MIN_INTERVAL s and 1 point,
+    then tells the job's subscribers (pushed progress)."""
 
-    def __init__(self, queue: JobQueue, job_id: str) -> None:
-        self.queue, self.job_id = queue, job_id
+    def __init__(self, queue: JobQueue, job_id: str, events: JobEvents | None = None) -> None:
+        self.queue, self.job_id, self.events = queue, job_id, events
         self.written, self.written_at = 0.0, time.monotonic()
 
     def __call__(self, progress: float) -> None:
@@ -82,6 +54,8 @@ class ProgressReporter:
         if progress - self.written >= PROGRESS_MIN_STEP and now - self.written_at >= PROGRESS_MIN_INTERVAL:
             self.queue.set_progress(self.job_id, progress)
             self.written, self.written_at = progress, now
+            if self.events is not None:
+                self.events.publish(self.job_id)
 
 
 class _Worker(threading.Thread):
@@ -131,7 +105,7 @@ class _Worker(threading.Thread):
         else:
             log.error("%s job %s failed", self.kind.value, job_id, exc_info=error)
             queue.fail(job_id, f"internal error: {type(error).__name__}: {error}", ErrorCode.INTERNAL)
-        self.ctx.events.publish(job_id)
+        self.ctx.events.publish(job_id, final=self.kind is JobKind.GENERATION)
 
 
 class EmbeddingWorker(_Worker):
@@ -227,7 +201,11 @@ class GenerationWorker(_Worker):
         if self.ctx.stopping.is_set():
             return []
         jobs = []
-        for row in self.ctx.queue.claim(JobKind.GENERATION, n_free):
+        claimed = self.ctx.queue.claim(JobKind.GENERATION, n_free)
+        if claimed:
+            self.ctx.events.publish(QUEUE_TOPIC)  # the others' queue positions moved
+        for row in claimed:
+            self.ctx.events.publish(row.id)  # processing now
             self.in_flight.add(row.id)
             try:
                 jobs.append(self.prepare(row))
@@ -246,10 +224,13 @@ class GenerationWorker(_Worker):
             embedding = get_embedding(session, audio.id, ctx.settings.embedding_model, ctx.engine.pipeline_version)
         with ctx.blobs.open(audio.processed_key) as file:
             source = np.load(io.BytesIO(file.read()), allow_pickle=False)
+        streams = ctx.streams
         return GenerationJob(
-            source=source, params=params_from_row(row.params), progress=ProgressReporter(ctx.queue, row.id),
+            source=source, params=params_from_row(row.params), progress=ProgressReporter(ctx.queue, row.id, ctx.events),
             should_cancel=lambda: self.should_cancel(row.id), on_done=lambda outcome: self.finish(row, outcome),
             key=row.id, source_embedding=None if embedding is None else embedding.array(), analysis=audio.analysis,
+            on_audio=lambda samples, offset: streams.write(row.id, samples, offset),
+            wants_audio=lambda: streams.wanted(row.id),
         )  # fmt: skip
 
     def should_cancel(self, job_id: str) -> bool:
@@ -272,6 +253,7 @@ class GenerationWorker(_Worker):
         except Exception as error:  # e.g. a full disk while writing the result
             self.settle(row.id, error)
         finally:
+            self.ctx.streams.close(row.id)
             self.in_flight.discard(row.id)
             self.cancelled.discard(row.id)
             self._cancel_checked.pop(row.id, None)
@@ -288,12 +270,12 @@ class GenerationWorker(_Worker):
                    "duration": result.audio.shape[0] / result.sample_rate, "timings": result.timings}  # fmt: skip
         if not self.ctx.queue.complete(row.id, summary, key):
             self.ctx.blobs.delete(key)  # deleted or cancelled meanwhile
-        self.ctx.events.publish(row.id)
+        self.ctx.events.publish(row.id, final=True)
 
 
 def params_from_row(params: dict[str, Any]) -> GenerationParams:
     """The JSON a generation row stores -> the engine's frozen GenerationParams."""
-    values = dict(params)
+    values = {name: value for name, value in params.items() if name not in SERVICE_PARAMS}
     if values.get("mode") is not None:
         values["mode"] = GenerationMode(values["mode"])
     values["format"] = OutputFormat(values.get("format", OutputFormat.WAV.value))
@@ -325,6 +307,10 @@ class WorkerContext:
     queue: JobQueue
     events: JobEvents
     stopping: threading.Event = field(default_factory=threading.Event)
+    streams: AudioStreams = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.streams = AudioStreams(self.events)
 
     @property
     def engine(self) -> Engine:

@@ -15,7 +15,7 @@ from fastapi import FastAPI
 from motif import __version__
 from motif.config import Settings
 from motif.service.api.errors import install_error_handlers
-from motif.service.api.routes import api_router
+from motif.service.api.routes import api_router, page_router
 from motif.service.runtime import close_services, open_services
 
 DESCRIPTION = """Upload a piece of music, get more music like it.
@@ -46,4 +46,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   docs_url="/docs", redoc_url="/redoc")  # fmt: skip
     install_error_handlers(app)
     app.include_router(api_router)
+    app.include_router(page_router)
     return app

@@ -95,6 +95,8 @@ class GenerationRequest(BaseModel):
     prompt: str | None = Field(default=None, max_length=1000, description="optional text to steer the music")
     seed: int | None = Field(default=None, ge=0, lt=2**31, description="same seed and parameters: same audio")
     format: OutputFormat = OutputFormat.WAV
+    callback_url: str | None = Field(default=None, max_length=2000,
+                                     description="POSTed the final status, signed with WEBHOOK_SECRET (see README)")
 
 
 class GenerationStatus(BaseModel):

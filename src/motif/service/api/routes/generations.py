@@ -15,9 +15,11 @@ from motif.service import library
 from motif.service.api.deps import AudioId, GenerationId, Limit, Offset, ServicesDep
 from motif.service.api.errors import responses
 from motif.service.api.schemas import GenerationList, GenerationRequest, GenerationStatus
+from motif.service.events import QUEUE_TOPIC
 from motif.service.jobs import JobStatus
 from motif.service.runtime import Services
 from motif.service.store import JobRow
+from motif.service.webhooks import WebhookURLError, check_callback
 from motif.service.worker import MEDIA_TYPES
 
 router = APIRouter(tags=["generation"])
@@ -46,7 +48,12 @@ def generate(
         services.engine.check_mode(request.mode)
     except InvalidRequestError as error:
         raise HTTPException(422, str(error)) from error
-    params = request.model_dump(mode="json")
+    if request.callback_url is not None:
+        try:
+            check_callback(services.settings, request.callback_url)
+        except WebhookURLError as error:
+            raise HTTPException(422, str(error)) from error
+    params = request.model_dump(mode="json", exclude={"callback_url"} if request.callback_url is None else None)
     row = library.create_generation(services, audio_id, params)
     if row is None:
         raise HTTPException(404, f"no upload {audio_id}")
@@ -86,6 +93,9 @@ def cancel_generation(generation_id: GenerationId, services: ServicesDep) -> JSO
     status = services.queue.request_cancel(generation_id)
     if status is JobStatus.PROCESSING:
         services.workers.cancel(generation_id)
+    elif row.status == JobStatus.QUEUED.value:  # cancelled in the queue: no worker will announce it
+        services.events.publish(generation_id, final=True)
+        services.events.publish(QUEUE_TOPIC)
     row = _require(services, generation_id)
     code = 202 if status is JobStatus.PROCESSING else 200
     return JSONResponse(_status(services, row).model_dump(mode="json"), status_code=code)
