@@ -14,7 +14,8 @@ from fastapi.responses import FileResponse
 router = APIRouter(include_in_schema=False)
 
 STATIC = Path(str(files("motif.service.api").joinpath("static")))
-ASSETS = {"app.js": "text/javascript", "app.css": "text/css", "favicon.svg": "image/svg+xml"}
+ASSETS = {"app.js": "text/javascript", "api.js": "text/javascript", "app.css": "text/css",
+          "favicon.svg": "image/svg+xml"}  # fmt: skip
 HEADERS = {"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"}
 
 
