@@ -136,3 +136,40 @@ def test_fits_a_phone(browser: Any, server: Server, song_file: Path, tmp_path: P
     page.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 10_000
     context.close()
+
+
+def test_asks_for_an_api_key_keeps_it_and_sends_it(browser: Any, server: Server, song_file: Path) -> None:
+    """Until the server checks keys itself, a route in front of it answers 401 like the auth dependency will:
+    without `Authorization: Bearer KEY` (or a signed media URL), every /api request is refused."""
+    with open(song_file, "rb") as file:
+        assert server.client.post("/api/upload", files={"file": ("keyed.wav", file)}).status_code == 201
+    context = browser.new_context()
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    seen: list[tuple[str, str | None]] = []
+
+    def gate(route: Any) -> None:
+        request = route.request
+        seen.append((request.url, request.headers.get("authorization")))
+        if request.headers.get("authorization") == "Bearer k-123" or "token=" in request.url:
+            route.continue_()
+        else:
+            route.fulfill(status=401, headers={"WWW-Authenticate": "Bearer"}, content_type="application/json",
+                          body='{"detail": "an API key is required"}')  # fmt: skip
+
+    page.route("**/api/**", gate)
+    page.goto(server.url + "/")
+    page.wait_for_selector("#key-dialog[open]")
+    assert "API key is required" in page.inner_text("#key-reason")
+    page.fill("#key-input", "k-123")
+    page.click("#key-dialog button[value=save]")
+    page.locator("#library li.track").first.wait_for()
+    assert page.evaluate("localStorage.getItem('motif.apiKey')") == "k-123"
+    src = page.get_attribute("#library li.track audio", "src")
+    assert src is not None and "/file?token=" in src  # players get signed URLs: <audio> sends no headers
+    page.reload()
+    page.locator("#library li.track").first.wait_for()
+    assert page.query_selector("#key-dialog[open]") is None  # the kept key was used: no question this time
+    api_calls = [(url, auth) for url, auth in seen[-5:] if "token=" not in url]
+    assert api_calls and all(auth == "Bearer k-123" for _, auth in api_calls)
+    context.close()

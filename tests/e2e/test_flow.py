@@ -204,7 +204,9 @@ def test_the_openapi_schema_documents_every_route_and_response(client: httpx.Cli
     expected = {"/api/upload", "/api/embedding/{audio_id}", "/api/generate/{audio_id}", "/api/status/{generation_id}",
                 "/api/download/{generation_id}", "/api/health", "/api/audio", "/api/audio/{audio_id}",
                 "/api/generations", "/api/generations/{generation_id}/cancel", "/api/search/similar/{audio_id}",
-                "/api/search"}  # fmt: skip
+                "/api/search", "/api/generations/{generation_id}/events", "/api/generations/{generation_id}/stream",
+                "/api/audio/{audio_id}/peaks", "/api/generations/{generation_id}/peaks", "/api/audio/{audio_id}/file",
+                "/api/media-tokens"}  # fmt: skip
     assert set(schema["paths"]) == expected
     upload_body = schema["paths"]["/api/upload"]["post"]["requestBody"]["content"]["multipart/form-data"]
     assert upload_body["schema"]["required"] == ["file"]

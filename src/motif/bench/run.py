@@ -18,6 +18,7 @@ import torch
 
 from motif.bench.builders import build_clap_htsat_unfused, build_musicgen_small
 from motif.bench.fidelity import PROMPT, codec_snr, fidelity
+from motif.bench.live import time_to_first_audio
 from motif.bench.machine import (
     cpu_name,
     measure_bandwidth,
@@ -156,6 +157,9 @@ def run_bench(quick: bool = False, cache_dir: Path | None = None, precisions: tu
     env = {"GENERATION_MODEL": generation, "EMBEDDING_MODEL": embedding, "MODEL_CACHE_DIR": str(cache_dir),
            "ALLOW_MODEL_DOWNLOAD": "false", "DATA_DIR": str(data_dir / "server")}  # fmt: skip
     result["cold_start_s"] = server_cold_start(env)
+    log(f"time to first audio over HTTP: {max(5.0, seconds):g} s continuation, streamed")
+    live_env = {**env, "DATA_DIR": str(data_dir / "live")}
+    result.update(time_to_first_audio(live_env, max(5.0, seconds), _music(12.0, SAMPLE_RATE)))
     log("machine: bandwidth and matmul FLOP/s")
     bandwidth = measure_bandwidth((64 if quick else 1024) * 2**20)
     flops = {str(d).split(".")[-1]: measure_matmul_flops(256 if quick else 2048, d)
@@ -249,6 +253,8 @@ def format_table(result: dict[str, Any]) -> str:
         ("    CLAP 60 s track: Motif (all six windows)", f"{result['clap60_motif_s']:.2f} s", ""),
         ("server cold start to /api/health", "n/a" if result["cold_start_s"] is None else
          f"{result['cold_start_s']:.2f} s", ""),
+        ("time to first audio over HTTP (POST to first PCM)", f"{result.get('ttfa_s', float('nan')):.2f} s",
+         f"stream of {result.get('stream_audio_s', 0):g} s ended at {result.get('stream_end_s', float('nan')):.2f} s"),
         ("peak RSS, both models loaded and used", f"{result['peak_rss_gb']:.2f} GB",
          f"now {result.get('rss_anon_gb', 0):.2f} GB anon + {result.get('rss_file_gb', 0):.2f} GB file-backed"),
         ("decode step weights", f"{result['weight_mb_per_step']:.0f} MB", f"{result['bandwidth_gbs']:.1f} GB/s read"),
