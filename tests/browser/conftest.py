@@ -6,6 +6,8 @@ The browser must start: when it cannot, the tests fail with the reason (scripts/
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -37,6 +39,18 @@ def server(model_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
     env = server_env(workdir / "data", model_cache, MAX_BATCH_SIZE="4", EMBEDDING_WAIT_SECONDS="20")
     running = Server(workdir, env).start()
     yield running
+    running.close()
+
+
+@pytest.fixture(scope="package")
+def keyed_server(model_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, str]]:
+    """A server that requires API keys, and the secret of one key (made with `motif keys create`)."""
+    workdir = tmp_path_factory.mktemp("browser-keyed")
+    env = server_env(workdir / "data", model_cache, REQUIRE_API_KEY="true", HOST="127.0.0.1")
+    created = subprocess.run([sys.executable, "-m", "motif.cli", "keys", "create", "page"], env=env, cwd=workdir,
+                             capture_output=True, text=True, timeout=120, check=True)  # fmt: skip
+    running = Server(workdir, env).start()
+    yield running, created.stdout.strip().splitlines()[-1]
     running.close()
 
 

@@ -138,38 +138,38 @@ def test_fits_a_phone(browser: Any, server: Server, song_file: Path, tmp_path: P
     context.close()
 
 
-def test_asks_for_an_api_key_keeps_it_and_sends_it(browser: Any, server: Server, song_file: Path) -> None:
-    """Until the server checks keys itself, a route in front of it answers 401 like the auth dependency will:
-    without `Authorization: Bearer KEY` (or a signed media URL), every /api request is refused."""
-    with open(song_file, "rb") as file:
-        assert server.client.post("/api/upload", files={"file": ("keyed.wav", file)}).status_code == 201
+def test_asks_for_an_api_key_keeps_it_and_players_use_signed_urls(
+    browser: Any, keyed_server: tuple[Server, str], song_file: Path
+) -> None:
+    """A server with REQUIRE_API_KEY=true: the page asks for the key, keeps it, sends it on every request,
+    and its <audio> elements (which cannot send headers) play through signed URLs."""
+    server, secret = keyed_server
     context = browser.new_context()
     page = context.new_page()
     page.set_default_timeout(TIMEOUT_MS)
-    seen: list[tuple[str, str | None]] = []
-
-    def gate(route: Any) -> None:
-        request = route.request
-        seen.append((request.url, request.headers.get("authorization")))
-        if request.headers.get("authorization") == "Bearer k-123" or "token=" in request.url:
-            route.continue_()
-        else:
-            route.fulfill(status=401, headers={"WWW-Authenticate": "Bearer"}, content_type="application/json",
-                          body='{"detail": "an API key is required"}')  # fmt: skip
-
-    page.route("**/api/**", gate)
+    answered: list[tuple[str, str | None, int]] = []  # (url, Authorization sent, status) of every /api call
+    page.on("response", lambda r: "/api/" in r.url and answered.append(
+        (r.url, r.request.headers.get("authorization"), r.status)))
     page.goto(server.url + "/")
     page.wait_for_selector("#key-dialog[open]")
     assert "API key is required" in page.inner_text("#key-reason")
-    page.fill("#key-input", "k-123")
+    page.fill("#key-input", secret)
     page.click("#key-dialog button[value=save]")
-    page.locator("#library li.track").first.wait_for()
-    assert page.evaluate("localStorage.getItem('motif.apiKey')") == "k-123"
-    src = page.get_attribute("#library li.track audio", "src")
-    assert src is not None and "/file?token=" in src  # players get signed URLs: <audio> sends no headers
+    page.wait_for_selector("#key-dialog[open]", state="detached")
+    assert page.evaluate("localStorage.getItem('motif.apiKey')") == secret
+    upload_through_page(page, song_file)
+    track = page.locator("#library li.track").first
+    track.locator("canvas[data-drawn=true]").wait_for()
+    src = track.locator("audio").get_attribute("src")
+    assert src is not None and "/file?token=" in src
+    page.evaluate("document.querySelector('#library li.track audio').play()")  # no header: only the token
+    page.wait_for_function("document.querySelector('#library li.track audio').currentTime > 0.2", polling=100)
+    forged = src[:-1] + ("0" if src[-1] != "0" else "1")
+    assert page.request.get(server.url + forged).status == 401  # a tampered token is refused
     page.reload()
     page.locator("#library li.track").first.wait_for()
     assert page.query_selector("#key-dialog[open]") is None  # the kept key was used: no question this time
-    api_calls = [(url, auth) for url, auth in seen[-5:] if "token=" not in url]
-    assert api_calls and all(auth == "Bearer k-123" for _, auth in api_calls)
+    served = [(url, auth) for url, auth, status in answered if status != 401 and "token=" not in url]
+    assert served and all(auth == f"Bearer {secret}" for _, auth in served), served
+    assert all(status != 401 for url, _, status in answered if "token=" in url)  # signed URLs were accepted
     context.close()

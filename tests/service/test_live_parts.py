@@ -58,17 +58,21 @@ def test_peaks_are_min_max_of_consecutive_spans() -> None:
     assert compute_peaks(stereo, 1) == [(0.0, 0.0)]
 
 
-def test_media_tokens_name_one_path_and_expire() -> None:
+def test_media_tokens_name_one_path_one_key_and_expire() -> None:
     secret = b"k" * 32
-    token, expires = media_tokens.issue(secret, "/api/download/abc", 60, now=1000)
+    token, expires = media_tokens.issue(secret, "/api/download/abc", 60, "key1", now=1000)
     assert expires == 1060
-    assert media_tokens.verify(secret, "/api/download/abc", token, now=1059)
-    assert not media_tokens.verify(secret, "/api/download/abc", token, now=1061)  # expired
-    assert not media_tokens.verify(secret, "/api/download/abd", token, now=1000)  # another result
-    assert not media_tokens.verify(b"x" * 32, "/api/download/abc", token, now=1000)  # another server's
-    assert not media_tokens.verify(secret, "/api/download/abc", token[:-1] + "0", now=1000)
-    assert not media_tokens.verify(secret, "/api/audio", token, now=1000)  # not a media path
-    assert not media_tokens.verify(secret, "/api/download/abc", None)
+    assert media_tokens.verify(secret, "/api/download/abc", token, now=1059) == "key1"
+    assert media_tokens.verify(secret, "/api/download/abc", token, now=1061) is None  # expired
+    assert media_tokens.verify(secret, "/api/download/abd", token, now=1000) is None  # another result
+    assert media_tokens.verify(b"x" * 32, "/api/download/abc", token, now=1000) is None  # another server's
+    assert media_tokens.verify(secret, "/api/download/abc", token[:-1] + "0", now=1000) is None  # tampered
+    forged = token.replace(".key1.", ".admin.")
+    assert media_tokens.verify(secret, "/api/download/abc", forged, now=1000) is None  # another key
+    assert media_tokens.verify(secret, "/api/audio", token, now=1000) is None  # not a media path
+    assert media_tokens.verify(secret, "/api/download/abc", None) is None
+    open_token, _ = media_tokens.issue(secret, "/api/audio/x/file", 60, None, now=1000)
+    assert media_tokens.verify(secret, "/api/audio/x/file", open_token, now=1000) == media_tokens.NO_KEY
     assert media_tokens.is_media_path("/api/generations/x/stream") and media_tokens.is_media_path("/api/audio/x/file")
 
 

@@ -1,16 +1,23 @@
-"""Thin routes: parse, call a service function, shape the response."""
+"""Thin routes: parse, call a service function, shape the response.
 
-from fastapi import APIRouter
+Every route but /api/health needs a key when REQUIRE_API_KEY is on (the dependency on `protected`).
+"""
+
+from fastapi import APIRouter, Depends
 
 from motif.service.api.routes import audio, events, generations, health, media, page, search, stream
+from motif.service.api.security import authenticate
+
+protected = APIRouter(dependencies=[Depends(authenticate)])
+protected.include_router(audio.router)
+protected.include_router(generations.router)
+protected.include_router(search.router)
+protected.include_router(events.router)
+protected.include_router(stream.router)
+protected.include_router(media.router)  # media paths also take a signed ?token= (players send no headers)
 
 api_router = APIRouter(prefix="/api")
-api_router.include_router(health.router)
-api_router.include_router(audio.router)
-api_router.include_router(generations.router)
-api_router.include_router(search.router)
-api_router.include_router(events.router)
-api_router.include_router(stream.router)
-api_router.include_router(media.router)
+api_router.include_router(health.router)  # open to load balancers: anonymous callers learn ready or not
+api_router.include_router(protected)
 
-page_router = page.router  # `/` and /static/*: outside /api and its auth
+page_router = page.router  # `/` and /static/*: the page itself holds no data, so no key

@@ -22,9 +22,11 @@ from motif.service import library
 from motif.service.api.deps import GenerationId, ServicesDep
 from motif.service.api.errors import responses
 from motif.service.api.schemas import GenerationStatus
+from motif.service.api.security import ScopeDep
 from motif.service.events import QUEUE_TOPIC, wait_any
 from motif.service.jobs import JobStatus
 from motif.service.runtime import Services
+from motif.service.store import Scope
 
 router = APIRouter(tags=["generation"])
 
@@ -54,8 +56,8 @@ def event_rank(event: str | None) -> tuple[int, int]:
     return (1, -number) if event[0] == "q" else (2, number) if event[0] == "p" else (-1, 0)
 
 
-def _current(services: Services, generation_id: str) -> GenerationStatus | None:
-    row = library.get_generation(services, generation_id)
+def _current(services: Services, scope: Scope, generation_id: str) -> GenerationStatus | None:
+    row = library.get_generation(services, scope, generation_id)
     return None if row is None else GenerationStatus.from_row(row, services.queue.queue_position(row))
 
 
@@ -65,13 +67,13 @@ def format_event(status: GenerationStatus) -> str:
     return f"id: {event_id(status)}\nevent: {name}\ndata: {data}\n\n"
 
 
-async def _events(services: Services, generation_id: str, last: str | None) -> AsyncIterator[str]:
+async def _events(services: Services, scope: Scope, generation_id: str, last: str | None) -> AsyncIterator[str]:
     yield f"retry: {RETRY_MS}\n\n"
     seen = event_rank(last)
     while True:
         waits = [services.events.subscribe(generation_id), services.events.subscribe(QUEUE_TOPIC)]
         try:
-            status = await run_in_threadpool(_current, services, generation_id)
+            status = await run_in_threadpool(_current, services, scope, generation_id)
             if status is None:  # deleted with its upload
                 yield "event: failed\ndata: {\"status\":\"failed\",\"error\":\"the generation was deleted\"}\n\n"
                 return
@@ -97,13 +99,14 @@ async def _events(services: Services, generation_id: str, last: str | None) -> A
 async def generation_events(
     generation_id: GenerationId,
     services: ServicesDep,
+    scope: ScopeDep,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=32)] = None,
 ) -> Response:
     """Server-Sent Events: queued (with queue_position), progress, then completed, failed or cancelled."""
-    if await run_in_threadpool(library.get_generation, services, generation_id) is None:
+    if await run_in_threadpool(library.get_generation, services, scope, generation_id) is None:
         raise HTTPException(404, f"no generation {generation_id}")
     if last_event_id in FINAL:
         return Response(status_code=204)
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-    return StreamingResponse(_events(services, generation_id, last_event_id), media_type="text/event-stream",
+    return StreamingResponse(_events(services, scope, generation_id, last_event_id), media_type="text/event-stream",
                              headers=headers)  # fmt: skip

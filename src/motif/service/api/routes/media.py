@@ -16,6 +16,7 @@ from motif.service import library
 from motif.service.api import media_tokens
 from motif.service.api.deps import AudioId, GenerationId, ServicesDep
 from motif.service.api.errors import responses
+from motif.service.api.security import PrincipalDep, ScopeDep
 from motif.service.jobs import JobStatus
 from motif.service.peaks import DEFAULT_BUCKETS, PROCESSED_RATE, load_processed
 
@@ -42,9 +43,9 @@ class MediaToken(BaseModel):
 
 
 @router.get("/audio/{audio_id}/peaks", response_model=Peaks, responses=responses(404))
-def audio_peaks(audio_id: AudioId, services: ServicesDep, n: Buckets = DEFAULT_BUCKETS) -> Peaks:
+def audio_peaks(audio_id: AudioId, services: ServicesDep, scope: ScopeDep, n: Buckets = DEFAULT_BUCKETS) -> Peaks:
     """The upload's waveform as n (min, max) pairs (of the decoded 32 kHz mono audio)."""
-    row = library.get_audio(services, audio_id)
+    row = library.get_audio(services, scope, audio_id)
     if row is None:
         raise HTTPException(404, f"no upload {audio_id}")
     duration, peaks = services.peaks.get(row.processed_key, n)
@@ -52,9 +53,11 @@ def audio_peaks(audio_id: AudioId, services: ServicesDep, n: Buckets = DEFAULT_B
 
 
 @router.get("/generations/{generation_id}/peaks", response_model=Peaks, responses=responses(404, 409))
-def generation_peaks(generation_id: GenerationId, services: ServicesDep, n: Buckets = DEFAULT_BUCKETS) -> Peaks:
+def generation_peaks(
+    generation_id: GenerationId, services: ServicesDep, scope: ScopeDep, n: Buckets = DEFAULT_BUCKETS
+) -> Peaks:
     """The result's waveform as n (min, max) pairs; 409 until it is completed."""
-    row = library.get_generation(services, generation_id)
+    row = library.get_generation(services, scope, generation_id)
     if row is None:
         raise HTTPException(404, f"no generation {generation_id}")
     if row.status != JobStatus.COMPLETED.value or row.output_key is None:
@@ -67,9 +70,9 @@ def generation_peaks(generation_id: GenerationId, services: ServicesDep, n: Buck
     "/audio/{audio_id}/file", response_class=FileResponse,
     responses={200: {"content": {t: {} for t in {*PLAYABLE.values(), "audio/wav"}}}, **responses(404)},
 )  # fmt: skip
-def audio_file(audio_id: AudioId, services: ServicesDep) -> Response:
+def audio_file(audio_id: AudioId, services: ServicesDep, scope: ScopeDep) -> Response:
     """The uploaded audio for a player: the original file when browsers play its format, else 16-bit WAV."""
-    row = library.get_audio(services, audio_id)
+    row = library.get_audio(services, scope, audio_id)
     if row is None:
         raise HTTPException(404, f"no upload {audio_id}")
     path = services.blobs.local_path(row.upload_key)
@@ -82,10 +85,11 @@ def audio_file(audio_id: AudioId, services: ServicesDep) -> Response:
 
 
 @router.post("/media-tokens", response_model=MediaToken, responses=responses(422))
-def media_token(body: MediaTokenRequest, services: ServicesDep) -> MediaToken:
+def media_token(body: MediaTokenRequest, services: ServicesDep, principal: PrincipalDep) -> MediaToken:
     """A short-lived URL for one media path, for players that cannot send the API key."""
     if not media_tokens.is_media_path(body.path):
         raise HTTPException(422, "path must be a media path: /api/audio/{id}/file, /api/download/{id} or "
                                  "/api/generations/{id}/stream")  # fmt: skip
-    token, expires = media_tokens.issue(services.media_secret, body.path, services.settings.media_token_seconds)
+    token, expires = media_tokens.issue(services.media_secret, body.path, services.settings.media_token_seconds,
+                                        principal.key_id)  # fmt: skip
     return MediaToken(url=f"{body.path}?token={token}", expires_at=expires)

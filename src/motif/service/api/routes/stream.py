@@ -18,9 +18,11 @@ from motif.service import library
 from motif.service.api.deps import GenerationId, ServicesDep
 from motif.service.api.errors import responses
 from motif.service.api.routes.generations import download
+from motif.service.api.security import ScopeDep
 from motif.service.events import audio_topic, wait_any
 from motif.service.jobs import JobStatus
 from motif.service.runtime import Services
+from motif.service.store import Scope
 from motif.service.streams import AudioBuffer, wav_header
 
 router = APIRouter(tags=["generation"])
@@ -28,12 +30,12 @@ router = APIRouter(tags=["generation"])
 RECHECK_SECONDS = 5.0  # with no audio for this long, re-read the job (cancelled in the queue, another process)
 
 
-def _ended(services: Services, generation_id: str) -> bool:
-    row = library.get_generation(services, generation_id)
+def _ended(services: Services, scope: Scope, generation_id: str) -> bool:
+    row = library.get_generation(services, scope, generation_id)
     return row is None or JobStatus(row.status).is_final
 
 
-async def _pcm(services: Services, generation_id: str, buffer: AudioBuffer) -> AsyncIterator[bytes]:
+async def _pcm(services: Services, scope: Scope, generation_id: str, buffer: AudioBuffer) -> AsyncIterator[bytes]:
     cursor, started = 0, False
     try:
         while True:
@@ -49,7 +51,7 @@ async def _pcm(services: Services, generation_id: str, buffer: AudioBuffer) -> A
                     return
                 woken = await wait_any(waits, RECHECK_SECONDS)
                 quiet = (not woken or waits[1].is_set()) and not buffer.chunks
-                if quiet and await run_in_threadpool(_ended, services, generation_id):
+                if quiet and await run_in_threadpool(_ended, services, scope, generation_id):
                     return
             finally:
                 services.events.unsubscribe(audio_topic(generation_id), waits[0])
@@ -64,15 +66,15 @@ async def _pcm(services: Services, generation_id: str, buffer: AudioBuffer) -> A
     responses={200: {"content": {"audio/wav": {}}, "description": "WAV growing while the music is generated"},
                **responses(404, 409)},
 )  # fmt: skip
-async def stream_generation(generation_id: GenerationId, services: ServicesDep) -> Response:
+async def stream_generation(generation_id: GenerationId, services: ServicesDep, scope: ScopeDep) -> Response:
     """Audio that starts playing while it is generated; closes when the job ends."""
-    row = await run_in_threadpool(library.get_generation, services, generation_id)
+    row = await run_in_threadpool(library.get_generation, services, scope, generation_id)
     if row is None:
         raise HTTPException(404, f"no generation {generation_id}")
     if row.status == JobStatus.COMPLETED.value:
-        return await run_in_threadpool(download, generation_id, services)
+        return await run_in_threadpool(download, generation_id, services, scope)
     if JobStatus(row.status).is_final:
         raise HTTPException(409, f"generation {generation_id} is {row.status}: there is no audio to stream")
     buffer = services.streams.listen(generation_id)
     headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
-    return StreamingResponse(_pcm(services, generation_id, buffer), media_type="audio/wav", headers=headers)
+    return StreamingResponse(_pcm(services, scope, generation_id, buffer), media_type="audio/wav", headers=headers)
