@@ -178,9 +178,15 @@ def serve(
     """Run the HTTP API (what start.sh runs)."""
     import uvicorn
 
-    settings = _settings()
+    from motif.service.logs import configure_logging
+
+    settings = Settings()
+    configure_logging(settings)  # LOG_FORMAT for every logger, uvicorn's too, with secrets redacted
+    # uvicorn's access log would print raw paths with query strings (where secrets can hide) in its own
+    # format: the app's request middleware logs each request instead (route template, status, duration).
     uvicorn.run("motif.service.api.app:create_app", factory=True, host=host or settings.host,
-                port=port or settings.port, log_level=settings.log_level.lower())  # fmt: skip
+                port=port or settings.port, log_level=settings.log_level.lower(), log_config=None,
+                access_log=False)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -49,6 +49,12 @@ class Settings(BaseSettings):
     embedding_wait_seconds: float = Field(10.0, ge=0, description="GET /embedding waits this long")
     log_level: str = "INFO"
 
+    # Observability (logs, metrics, error ids)
+    log_format: Literal["text", "json"] = Field(
+        "text", description="text: human-readable lines; json: one JSON object per line"
+    )
+    metrics_enabled: bool = Field(True, description="serve Prometheus metrics at GET /metrics")
+
     @field_validator("log_level")
     @classmethod
     def _upper(cls, value: str) -> str:

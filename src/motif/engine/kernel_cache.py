@@ -4,8 +4,9 @@ The cache lives in `$XDG_CACHE_HOME/motif/kernels` (default `~/.cache/motif/kern
 A library is named after what it was built from and what it contains, `<stem>-<build digest>-<sha256>.so`
 (build digest: source text, compiler and flags). Before dlopen the file is opened once (no symlinks),
 checked (regular file, owned by this user, not group- or world-writable, in a directory that passes the
-same checks) and hashed, then loaded by its path if that is still the inode checked. A file that fails a check is logged with the reason and removed
-(the directory is ours), then the library is rebuilt; a directory we do not own refuses the cache outright.
+same checks) and hashed, then loaded by its path if that is still the inode checked. A file that fails a
+check is logged with the reason and removed (the directory is ours), then the library is rebuilt; a
+directory we do not own refuses the cache outright.
 Builds write into a mkdtemp directory and land with one atomic rename.
 """
 
@@ -86,15 +87,17 @@ def _load_verified(path: Path, prefix: str) -> ctypes.CDLL | None:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
     except OSError as error:
-        return _reject(path, f"cannot be opened safely ({error.strerror})")
+        _reject(path, f"cannot be opened safely ({error.strerror})")
+        return None
     try:
         reason = _refusal(fd, expected)
+        if reason is None:
+            checked, current = os.fstat(fd), os.lstat(path)
+            if (current.st_dev, current.st_ino) != (checked.st_dev, checked.st_ino):
+                reason = "was replaced while being checked"
         if reason is not None:
-            return _reject(path, reason)
-        checked = os.fstat(fd)
-        current = os.lstat(path)
-        if (current.st_dev, current.st_ino) != (checked.st_dev, checked.st_ino):
-            return _reject(path, "was replaced while being checked")
+            _reject(path, reason)
+            return None
         # By path, not /proc/self/fd/N: glibc's dlopen reuses any library loaded under the same name, and fd
         # numbers repeat. The directory is ours and 0700, so only this user could swap the file now.
         return ctypes.CDLL(str(path))
@@ -122,10 +125,7 @@ def _refusal(fd: int, expected_sha256: str) -> str | None:
 
 def _reject(path: Path, reason: str) -> None:
     log.warning("refusing to load the cached kernel %s: it %s; rebuilding it", path, reason)
-    try:
-        path.unlink()
-    except FileNotFoundError:
-        pass
+    path.unlink(missing_ok=True)
     return None
 
 
