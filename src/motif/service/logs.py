@@ -120,6 +120,16 @@ class JsonLineFormatter(JsonFormatter):
         return redact(super().format(record))
 
 
+def adopt_transformers_logging() -> None:
+    """transformers prints through its own handler (`[transformers] ...`, not propagated): send its records
+    to the root handler instead, so they are in LOG_FORMAT and redacted. Imports transformers (about a
+    second): call it where the engine is loaded anyway, never on the start-up path."""
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_default_handler()
+    transformers_logging.enable_propagation()
+
+
 def configure_logging(settings: Settings) -> None:
     """Route every logger (ours, uvicorn's, libraries') through one stderr handler in LOG_FORMAT."""
     root = logging.getLogger()
@@ -133,7 +143,13 @@ def configure_logging(settings: Settings) -> None:
     handler.setFormatter(JsonLineFormatter() if settings.log_format == "json" else HumanFormatter())
     root.addHandler(handler)
     root.setLevel(settings.log_level)
-    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+    logging.captureWarnings(True)  # Python warnings become log lines in the same format
+    for name in ("uvicorn", "uvicorn.error"):
         logger = logging.getLogger(name)
         logger.handlers.clear()  # uvicorn's own config (when it ran first) would print around our handler
         logger.propagate = True
+    # uvicorn's access lines carry raw paths with query strings (where secrets hide) in their own format;
+    # the request middleware's line (route template, status, duration, request id) replaces them.
+    access = logging.getLogger("uvicorn.access")
+    access.handlers.clear()
+    access.propagate = False

@@ -15,6 +15,7 @@ import uuid
 from typing import Any
 
 from starlette.datastructures import MutableHeaders
+from starlette.routing import Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from motif.service.api.errors import internal_error_response
@@ -41,10 +42,21 @@ def request_id_from(scope: Scope) -> str:
 
 
 def route_template(scope: Scope) -> str:
-    """The matched route's path template (`/api/status/{generation_id}`), never the raw path."""
+    """The matched route's path template (`/api/status/{generation_id}`), never the raw path.
+
+    FastAPI puts the route itself in the scope, whose path lacks the prefixes of the routers it was
+    included through (`/status/{generation_id}`); those prefixes are the raw path's leading segments.
+    """
     route = scope.get("route")
-    path = getattr(route, "path", None)
-    return path if isinstance(path, str) else UNMATCHED
+    template = getattr(route, "path", None)
+    if not isinstance(template, str):
+        return UNMATCHED
+    if isinstance(route, Mount):
+        return template + "/{path}"
+    raw = scope.get("path", "")
+    n_prefix = raw.count("/") - template.count("/")
+    prefix = "/".join(raw.split("/")[: n_prefix + 1]) if n_prefix > 0 else ""
+    return prefix + template
 
 
 class RequestObserver:
