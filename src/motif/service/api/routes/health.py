@@ -7,6 +7,7 @@ from fastapi import APIRouter
 from motif import __version__
 from motif.service.api.deps import ServicesDep
 from motif.service.api.schemas import Health, ModelHealth, QueueDepth
+from motif.service.redact import scrub_paths
 
 router = APIRouter(tags=["health"])
 
@@ -14,7 +15,7 @@ router = APIRouter(tags=["health"])
 @router.get("/health", response_model=Health)
 def health(services: ServicesDep) -> Health:
     """Always 200 while the process serves; `ready` says whether jobs can run now."""
-    models = [ModelHealth(role=m.role, model_id=m.model_id, state=m.state, detail=m.detail)
+    models = [ModelHealth(role=m.role, model_id=scrub_paths(m.model_id), state=m.state, detail=scrub_paths(m.detail))
               for m in services.model_states()]  # fmt: skip
     workers = services.workers.alive()
     ready = all(m.state == "loaded" for m in models) and all(workers.values())
