@@ -113,6 +113,12 @@ def test_every_line_is_json_and_requests_carry_their_id(json_server: Server, fin
     assert line["route"] == "/api/status/{generation_id}" and line["status"] == 200 and line["method"] == "GET"
     assert line["job_id"] == finished["generation_id"] and line["duration_ms"] >= 0 and line["level"] == "INFO"
 
+    created = client.post(f"/api/generate/{finished['audio_id']}", json=GENERATION, headers={"X-Request-ID": "gen-1"})
+    line = _request_line(json_server, "gen-1")  # a new job's id is in the line of the request that made it
+    assert line["job_id"] == created.json()["generation_id"] and line["audio_id"] == finished["audio_id"]
+    assert line["route"] == "/api/generate/{audio_id}" and line["status"] == 202
+    poll_status(client, created.json()["generation_id"])
+
     generated = client.get("/api/audio").headers["x-request-id"]
     assert re.fullmatch(r"[0-9a-f]{32}", generated)
     replaced = client.get("/api/audio", headers={"X-Request-ID": "no spaces or {braces}"}).headers["x-request-id"]

@@ -74,7 +74,7 @@ class LocalBlobStore(BlobStore):
         self.root = Path(root)
         for area in AREAS:
             (self.root / area).mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
-            os.chmod(self.root / area, DIR_MODE)  # directories made before files were private
+            _make_private(self.root / area)
 
     def _path(self, key: str) -> Path:
         return self.root / check_key(key)
@@ -139,6 +139,14 @@ class LocalBlobStore(BlobStore):
                     Path(entry.path).unlink(missing_ok=True)
                     removed += 1
         return removed
+
+
+def _make_private(directory: Path) -> None:
+    """Tighten a directory and the files older versions wrote world-readable (0755/0644)."""
+    os.chmod(directory, DIR_MODE)
+    for entry in os.scandir(directory):
+        if entry.is_file(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_mode & 0o077:
+            os.chmod(entry.path, FILE_MODE)
 
 
 def _fsync_dir(path: Path) -> None:

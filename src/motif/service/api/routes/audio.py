@@ -13,6 +13,7 @@ from motif.service.api.schemas import AudioList, AudioPublic, EmbeddingPublic, E
 from motif.service.api.upload import OPENAPI_BODY, receive_upload
 from motif.service.api.waits import ready_embedding
 from motif.service.ingest import ingest_upload
+from motif.service.logs import bind
 
 router = APIRouter(tags=["audio"])
 
@@ -27,6 +28,7 @@ async def upload_audio(request: Request, services: ServicesDep) -> AudioPublic:
         filename, size = await receive_upload(request, staged, services.settings.max_file_size)
         row = await anyio.to_thread.run_sync(ingest_upload, services, staged, filename or "", size,
                                              limiter=services.decode_limiter)  # fmt: skip
+    bind(audio_id=row.id)  # the request's log line names the new upload
     return AudioPublic.from_row(row, "queued")
 
 

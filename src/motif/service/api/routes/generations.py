@@ -16,6 +16,7 @@ from motif.service.api.deps import AudioId, GenerationId, Limit, Offset, Service
 from motif.service.api.errors import responses
 from motif.service.api.schemas import GenerationList, GenerationRequest, GenerationStatus
 from motif.service.jobs import JobStatus
+from motif.service.logs import bind
 from motif.service.runtime import Services
 from motif.service.store import JobRow
 from motif.service.worker import MEDIA_TYPES
@@ -50,6 +51,7 @@ def generate(
     row = library.create_generation(services, audio_id, params)
     if row is None:
         raise HTTPException(404, f"no upload {audio_id}")
+    bind(job_id=row.id)  # the request's log line names the new generation
     body = _status(services, row).model_dump(mode="json")
     body["status"] = JobStatus.QUEUED.value  # as created, even if a worker took it already
     return JSONResponse(body, status_code=202, headers={"Location": f"/api/status/{row.id}"})
