@@ -22,11 +22,14 @@ from motif.service.blobs import AREAS, BlobStore, LocalBlobStore
 from motif.service.engine_host import EngineHost, ModelState
 from motif.service.jobs import JobQueue
 from motif.service.metrics import Metrics
+from motif.service.migrations import head
+from motif.service.quotas import Quotas
 from motif.service.store import AudioRow, Database, JobRow
 from motif.service.worker import JobEvents, WorkerContext, Workers
 
 if TYPE_CHECKING:
     from motif.engine import Engine
+    from motif.service.retention import RetentionSweeper
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +50,9 @@ class Services:
     events: JobEvents
     workers: Workers
     decode_limiter: anyio.CapacityLimiter  # uploads decoded at once: bounds memory, not only CPU
+    quotas: Quotas
     lock: IO[str] | None = None
+    sweeper: RetentionSweeper | None = None
 
     @property
     def engine(self) -> Engine:
@@ -65,8 +70,12 @@ def open_services(settings: Settings, start_workers: bool = True, metrics: Metri
     lock = _lock_data_dir(settings.data_dir)
     _private_sqlite_file(settings.resolved_database_url)
     db = Database(settings.resolved_database_url)
-    found = db.migrate()
-    log.info("database %s (schema %d)", settings.resolved_database_url, found)
+    if settings.auto_migrate:
+        found = db.migrate()
+        if found != head():
+            log.info("database schema upgraded from %s to %s", found or "nothing", head())
+    else:
+        db.check_schema()  # raises SchemaError naming `motif db upgrade`
     blobs = LocalBlobStore(settings.data_dir)
     queue = JobQueue(db, settings.max_job_attempts)
     host = EngineHost(settings)
@@ -77,10 +86,18 @@ def open_services(settings: Settings, start_workers: bool = True, metrics: Metri
     if start_workers:
         workers.start()  # the embedding worker queues the embeddings uploads lack (backfill_embeddings)
     limiter = anyio.CapacityLimiter(max(2, os.cpu_count() or 2))
-    return Services(settings, db, blobs, queue, host, events, workers, limiter, lock)
+    services = Services(settings, db, blobs, queue, host, events, workers, limiter, Quotas(settings, db), lock)
+    if start_workers:
+        from motif.service.retention import RetentionSweeper
+
+        services.sweeper = RetentionSweeper(services)
+        services.sweeper.start()
+    return services
 
 
 def close_services(services: Services, timeout: float = 30.0) -> None:
+    if services.sweeper is not None:
+        services.sweeper.stop()
     services.workers.stop(timeout)
     services.db.dispose()
     if services.lock is not None:

@@ -308,11 +308,12 @@ class GenerationWorker(_Worker):
 
         fmt = OutputFormat(row.params.get("format", OutputFormat.WAV.value))
         key = f"generated/{row.id}.{fmt.value}"
-        self.ctx.blobs.put_bytes(key, encode_audio(result.audio, result.sample_rate, fmt))
+        data = encode_audio(result.audio, result.sample_rate, fmt)
+        self.ctx.blobs.put_bytes(key, data)
         summary = {"similarity": result.similarity, "description": result.description, "seed": result.seed,
                    "mode": result.mode.value, "sample_rate": result.sample_rate,
                    "duration": result.audio.shape[0] / result.sample_rate, "timings": result.timings}  # fmt: skip
-        if not self.ctx.queue.complete(row.id, summary, key):
+        if not self.ctx.queue.complete(row.id, summary, key, output_bytes=len(data)):
             self.ctx.blobs.delete(key)  # deleted or cancelled meanwhile
             self.observe(row.id, "cancelled")
         else:

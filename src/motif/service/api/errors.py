@@ -47,7 +47,8 @@ ERROR_RESPONSES = {
     413: "too large or too long",
     415: "not audio",
     422: "invalid input (the detail names the field or the reason)",
-    503: "a model needed for this cannot be loaded (the detail says why)",
+    429: "over this key's quota or request rate (see Retry-After)",
+    503: "a model needed for this cannot be loaded, or the queue is full (the detail says why)",
 }
 
 

@@ -5,17 +5,13 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from motif.service.api.security import require_admin
 from motif.service.metrics import Metrics
 
-
-def require_metrics_access() -> None:
-    """Who may read /metrics. Open for now; with REQUIRE_API_KEY it will demand an admin key.
-
-    The hook the API-key work fills in: it runs before the route, so raising 401/404 here is enough.
-    """
-
-
-router = APIRouter(tags=["metrics"], dependencies=[Depends(require_metrics_access)])
+# Who may read: anyone while keys are off (the open principal is admin); with REQUIRE_API_KEY, admin keys only
+# (401 without a key, 403 with another key). Swap or extend this list to change who may scrape.
+METRICS_ACCESS = [Depends(require_admin)]
+router = APIRouter(tags=["metrics"], dependencies=METRICS_ACCESS)
 
 
 @router.get("/metrics", response_class=Response, include_in_schema=False)
