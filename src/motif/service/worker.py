@@ -176,6 +176,8 @@ class EmbeddingWorker(_Worker):
                     self.embed(job)
                 except Exception as error:
                     self.settle(job.id, error)
+                finally:
+                    self.claimed_at.pop(job.id, None)  # an upload deleted meanwhile ends uncounted
         return bool(claimed)
 
     def embed(self, job: JobRow) -> None:
