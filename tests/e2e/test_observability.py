@@ -220,6 +220,7 @@ def test_metrics(json_server: Server, finished: dict[str, Any]) -> None:
     assert _value(samples, "motif_upload_bytes_sum", status="201") > 10_000
     assert _value(samples, "motif_jobs_total", kind="generation", status="completed") >= 1
     assert _value(samples, "motif_jobs_total", kind="embedding", status="completed") >= 1
+    assert _value(samples, "motif_jobs_total", kind="generation", status="failed") >= 1  # the damaged upload's
     assert _value(samples, "motif_job_duration_seconds_count", kind="generation", status="completed") >= 1
     assert _value(samples, "motif_generation_realtime_factor_count") >= 1
     assert _value(samples, "motif_generated_audio_seconds_total") >= GENERATION["duration"]
@@ -260,3 +261,19 @@ def test_a_planted_kernel_is_refused_and_rebuilt(
     (built,) = directory.glob("kernels-*.so")
     assert stat.S_IMODE(directory.stat().st_mode) == 0o700 and stat.S_IMODE(built.stat().st_mode) & 0o022 == 0
     assert built.name.endswith(hashlib.sha256(built.read_bytes()).hexdigest() + ".so")
+
+
+def test_text_logs_by_default_with_the_same_fields_and_no_secret(server: Server) -> None:
+    """The shared e2e server runs with the default LOG_FORMAT: readable lines, the same fields, no secret."""
+    response = server.client.get("/api/audio", params={"limit": 2, "api_key": KEY}, headers={"X-Request-ID": "txt-1"})
+    assert response.status_code == 200 and response.headers["x-request-id"] == "txt-1"
+
+    def line() -> str | None:
+        found = [x for x in server.log_path.read_text().splitlines() if "request_id=txt-1" in x]
+        return found[-1] if found else None
+
+    logged = wait_until(line, timeout=10.0, what="the request's text log line")
+    assert " INFO motif.request: GET /api/audio 200 " in logged and "route=/api/audio" in logged
+    assert "status=200" in logged and "duration_ms=" in logged
+    text = server.log_path.read_text()
+    assert KEY not in text and "limit=2" not in text  # no raw query string: uvicorn's access log is off

@@ -120,14 +120,19 @@ class JsonLineFormatter(JsonFormatter):
         return redact(super().format(record))
 
 
-def adopt_transformers_logging() -> None:
-    """transformers prints through its own handler (`[transformers] ...`, not propagated): send its records
-    to the root handler instead, so they are in LOG_FORMAT and redacted. Imports transformers (about a
-    second): call it where the engine is loaded anyway, never on the start-up path."""
+def adopt_library_logging() -> None:
+    """transformers and torch print through handlers of their own (`[transformers] ...`, glog-style `W1201 ...`),
+    not propagated: send their records to the root handler instead, so they are in LOG_FORMAT and redacted.
+    Imports transformers (about a second): call it where the engine is loaded anyway, never at start-up."""
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.disable_default_handler()
     transformers_logging.enable_propagation()
+    names = [n for n in list(logging.root.manager.loggerDict) if n == "torch" or n.startswith("torch.")]
+    for name in names:
+        logger = logging.getLogger(name)
+        logger.handlers.clear()
+        logger.propagate = True
 
 
 def configure_logging(settings: Settings) -> None:
