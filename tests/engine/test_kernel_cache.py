@@ -148,3 +148,14 @@ def test_a_library_built_from_other_source_or_flags_is_not_used(tmp_path: Path) 
     assert _answer(_load(GOOD, root)) == 42
     assert _answer(load_or_build(GOOD, "test", _gcc(), [*FLAGS, "-DOTHER"], root)) == 42
     assert len(list(root.glob("test-*.so"))) == 3
+
+
+def test_build_directories_a_killed_build_left_are_swept(tmp_path: Path) -> None:
+    root = private_dir(tmp_path / "cache" / "kernels")
+    stale, fresh = root / ".build-stale", root / ".build-running"
+    for directory in (stale, fresh):
+        directory.mkdir()
+        (directory / "library.so").write_bytes(b"half")
+    os.utime(stale, (0, 0))
+    assert _answer(_load(GOOD, root)) == 42
+    assert not stale.exists() and fresh.exists()  # another process may be building in it now

@@ -20,6 +20,7 @@ import shutil
 import stat
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,7 @@ def load_or_build(source: str, stem: str, compiler: str, flags: list[str], root:
         library = _load_verified(path, prefix)
         if library is not None:
             return library
+    _sweep_stale_builds(directory)
     path = _build(source, directory, prefix, compiler, flags)
     library = _load_verified(path, prefix)
     if library is None:
@@ -127,6 +129,14 @@ def _reject(path: Path, reason: str) -> None:
     log.warning("refusing to load the cached kernel %s: it %s; rebuilding it", path, reason)
     path.unlink(missing_ok=True)
     return None
+
+
+def _sweep_stale_builds(directory: Path) -> None:
+    """Remove build directories a killed process left (older than any build can take)."""
+    cutoff = time.time() - 2 * BUILD_TIMEOUT
+    for stale in directory.glob(".build-*"):
+        if stale.is_dir() and not stale.is_symlink() and stale.stat().st_mtime < cutoff:
+            shutil.rmtree(stale, ignore_errors=True)
 
 
 def _build(source: str, directory: Path, prefix: str, compiler: str, flags: list[str]) -> Path:
