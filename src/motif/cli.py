@@ -185,14 +185,19 @@ def serve(
     """Run the HTTP API (what start.sh runs)."""
     import uvicorn
 
-    settings = _settings()
+    from motif.service.logs import configure_logging
+
+    settings = Settings()
+    configure_logging(settings)  # LOG_FORMAT for every logger, uvicorn's too, with secrets redacted
     bind = host or settings.bind_host
     if not settings.require_api_key and not _is_loopback(bind):
         console.print(f"[bold red]WARNING: serving on {bind} WITHOUT API KEYS: anyone who can reach this address "
                       "can read, generate and delete every track. Set REQUIRE_API_KEY=true (and create keys with "
                       "`motif keys create NAME`) or HOST=127.0.0.1.[/]")  # fmt: skip
-    uvicorn.run("motif.service.api.app:create_app", factory=True, host=bind,
-                port=port or settings.port, log_level=settings.log_level.lower())  # fmt: skip
+    # uvicorn's access log would print raw paths with query strings (where secrets can hide) in its own
+    # format: the app's request middleware logs each request instead (route template, status, duration).
+    uvicorn.run("motif.service.api.app:create_app", factory=True, host=bind, port=port or settings.port,
+                log_level=settings.log_level.lower(), log_config=None, access_log=False)  # fmt: skip
 
 
 def _is_loopback(host: str) -> bool:

@@ -62,6 +62,12 @@ class Settings(BaseSettings):
     upload_retention_days: float = Field(0.0, ge=0, description="uploads (and their results) expire; 0 = kept")
     retention_sweep_seconds: float = Field(300.0, gt=0, description="how often expired data is removed")
 
+    # Observability (logs, metrics, error ids)
+    log_format: Literal["text", "json"] = Field(
+        "text", description="text: human-readable lines; json: one JSON object per line"
+    )
+    metrics_enabled: bool = Field(True, description="serve Prometheus metrics at GET /metrics")
+
     # Page, pushed progress, live audio and webhooks (issue 12)
     webhook_secret: str | None = Field(None, description="HMAC-SHA256 key signing webhooks")
     webhook_allow_private: bool = Field(False, description="let callback_url reach private and loopback addresses")
