@@ -166,6 +166,13 @@ def test_asks_for_an_api_key_keeps_it_and_players_use_signed_urls(
     page.wait_for_function("document.querySelector('#library li.track audio').currentTime > 0.2", polling=100)
     forged = src[:-1] + ("0" if src[-1] != "0" else "1")
     assert page.request.get(server.url + forged).status == 401  # a tampered token is refused
+    set_duration_and_generate(page, 5)  # pushed progress (fetch with the key), live audio and download (tokens)
+    page.wait_for_selector("#final", state="visible")
+    assert page.inner_text("#job-status") == "Done."
+    assert "/stream?token=" in (page.get_attribute("#live-audio", "src") or "")
+    with page.expect_download() as download_info:
+        page.click("#download")
+    assert download_info.value.failure() is None
     page.reload()
     page.locator("#library li.track").first.wait_for()
     assert page.query_selector("#key-dialog[open]") is None  # the kept key was used: no question this time

@@ -283,6 +283,19 @@ async function showResult(status) {
   live.addEventListener("ended", () => ($("live").hidden = true), { once: true });
 }
 
+// With a key, the link's signed URL expires after a while: sign it again at each click.
+async function freshDownload(event) {
+  const link = event.currentTarget;
+  if (!apiKey() || link.dataset.fresh || !state.resultId) {
+    delete link.dataset.fresh;
+    return;
+  }
+  event.preventDefault();
+  link.href = await mediaUrl(`/api/download/${state.resultId}`);
+  link.dataset.fresh = "true";
+  link.click();
+}
+
 async function moreLikeThis() {
   if (!state.resultId) return;
   const button = $("more-like-this");
@@ -384,6 +397,7 @@ function wire() {
   $("generate-form").addEventListener("submit", generate);
   $("cancel-button").addEventListener("click", cancel);
   $("more-like-this").addEventListener("click", moreLikeThis);
+  $("download").addEventListener("click", freshDownload);
   $("search-form").addEventListener("submit", search);
   loadLibrary().catch((error) => {
     if (!(error instanceof ApiError && error.status === 401)) say("upload-error", `Could not load the library: ${error.message}`);
