@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from motif.engine import models
+from motif.engine import tiny
 from motif.engine.types import SAMPLE_RATE
 
 BENCH_BUILD_VERSION = "1"
@@ -40,12 +40,12 @@ def build_musicgen_small(cache_dir: Path) -> Path:
             torch.manual_seed(0)
             model = MusicgenForConditionalGeneration(MusicgenConfig(text_encoder=text, audio_encoder=audio,
                                                                     decoder=decoder))  # fmt: skip
-            models.randomize_codebooks(model.audio_encoder)
-        models._tiny_generation_config(model)
+            tiny.randomize_codebooks(model.audio_encoder)
+        tiny._tiny_generation_config(model)
         model.save_pretrained(tmp)
-        models._tiny_t5_tokenizer().save_pretrained(tmp)
+        tiny._tiny_t5_tokenizer().save_pretrained(tmp)
 
-    return models._build_once(Path(cache_dir) / GENERATION_MODEL_DIR, build)
+    return tiny._build_once(Path(cache_dir) / GENERATION_MODEL_DIR, build)
 
 
 def build_clap_htsat_unfused(cache_dir: Path) -> Path:
@@ -58,6 +58,6 @@ def build_clap_htsat_unfused(cache_dir: Path) -> Path:
             model = ClapModel(ClapConfig(projection_dim=512))
         model.save_pretrained(tmp)
         ClapFeatureExtractor(truncation="rand_trunc", padding="repeatpad").save_pretrained(tmp)
-        models._tiny_roberta_tokenizer().save_pretrained(tmp)
+        tiny._tiny_roberta_tokenizer().save_pretrained(tmp)
 
-    return models._build_once(Path(cache_dir) / EMBEDDING_MODEL_DIR, build)
+    return tiny._build_once(Path(cache_dir) / EMBEDDING_MODEL_DIR, build)
