@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MiB = 1024 * 1024
@@ -53,6 +53,22 @@ class Settings(BaseSettings):
     @classmethod
     def _upper(cls, value: str) -> str:
         return value.upper()
+
+    # Generation (models area): cross-field checks, so a bad combination stops the start naming the settings.
+    @model_validator(mode="after")
+    def _check_generation_windows(self) -> Settings:
+        if self.extend_overlap_seconds >= self.window_seconds:
+            raise ValueError(
+                f"EXTEND_OVERLAP_SECONDS ({self.extend_overlap_seconds}) must be below WINDOW_SECONDS "
+                f"({self.window_seconds}): each long-form window continues from that much of the last one and "
+                "needs room for new audio"
+            )
+        if self.prompt_seconds >= self.window_seconds:
+            raise ValueError(
+                f"PROMPT_SECONDS ({self.prompt_seconds}) must be below WINDOW_SECONDS ({self.window_seconds}): "
+                "the continuation prompt and the new audio share one window"
+            )
+        return self
 
     @property
     def sqlite_path(self) -> Path:

@@ -94,6 +94,12 @@ class MusicGenerator:
         # Rendering, normalising and embedding a finished job run here, not between two decode steps.
         self._finisher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="motif-finish")
 
+    def cache_bytes_at_full_batch(self) -> int:
+        """Bytes the self-attention KV cache reaches with `max_batch` jobs (two rows each) in full windows."""
+        d = self.decoder
+        bytes_per_value = torch.finfo(d.cache_dtype).bits // 8
+        return 2 * self.max_batch * 2 * len(d.layers) * d.max_len * d.hidden_size * bytes_per_value
+
     # ---------------------------------------------------------------- the loop
 
     def run(self, tasks: list[DecodeTask], take_more: Callable[[int], list[DecodeTask]] | None = None) -> None:

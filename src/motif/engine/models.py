@@ -78,6 +78,19 @@ def cuda_unusable_reason() -> str | None:
     return None
 
 
+def free_memory_bytes(device: torch.device) -> int | None:
+    """Memory free for new tensors on `device` (CUDA: the driver's count; CPU: MemAvailable); None if unknown."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
 def cpu_has_native_bf16() -> bool:
     """AVX512-BF16 or AMX: bf16 matmuls run at full speed rather than being emulated."""
     try:
