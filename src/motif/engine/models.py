@@ -111,6 +111,11 @@ def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
     ]
 
 
+def precision_name(dtype: torch.dtype) -> str:
+    """torch dtype -> the precision's setting name (fp32, bf16, fp16)."""
+    return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+
+
 def resolve_generation_precision(precision: str, device: torch.device) -> str:
     """GENERATION_PRECISION -> the precision MusicGen's decoder runs in.
 

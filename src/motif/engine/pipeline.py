@@ -18,7 +18,7 @@ from motif.config import Settings
 from motif.engine import models
 from motif.engine.codec import as_channels, cast_codec_decoder
 from motif.engine.controls import LoopPlan, hint_text, join_text, make_loop, plan_loop, select_section
-from motif.engine.embedder import Embedder
+from motif.engine.embedder import WINDOWING_VERSION, Embedder
 from motif.engine.generator import DecodeTask, MusicGenerator
 from motif.engine.slots import ModelSlot
 from motif.engine.types import (
@@ -54,8 +54,6 @@ class GenerationJob:
 class Engine:
     """Thread-safe facade. Construction is cheap; models load on first use (or `load()`)."""
 
-    pipeline_version = "1"
-
     def __init__(self, settings: Settings, clock: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings
         self._decode_lock = threading.Lock()
@@ -76,6 +74,16 @@ class Engine:
                 self._device = models.resolve_device(self.settings.device)
                 log.info("DEVICE=%s: running on %s", self.settings.device, self._device)
             return self._device
+
+    @property
+    def pipeline_version(self) -> str:
+        """What an embedding means besides its model id: windowing and precision, e.g. "2.fp32".
+
+        Stored with every vector; search and similarity only compare vectors of the same model and version,
+        and uploads embedded under another are embedded again (the service's backfill).
+        """
+        dtype = models.resolve_dtype(self.settings.embedding_precision, self.device)
+        return f"{WINDOWING_VERSION}.{models.precision_name(dtype)}"
 
     @property
     def generator(self) -> MusicGenerator:
