@@ -10,8 +10,8 @@ import torch
 
 from motif.engine import kernels
 from motif.engine.generator import DecodeTask, MusicGenerator
-from motif.engine.patterns import codebook_delays, delay_pattern, sample_next, undelay
 from motif.engine.models import LoadedGenerator, load_generator
+from motif.engine.patterns import delay_pattern, sample_next, undelay
 from motif.engine.types import FRAMES_PER_SECOND, SAMPLE_RATE, GenerationParams
 from motif.errors import GenerationCancelled
 
