@@ -65,7 +65,7 @@ def test_make_loop_turns_a_cut_with_a_click_into_a_step_the_signal_itself_takes(
     assert looped.shape == (plan.n_loop,) and jump <= steps.max() * 1.01
 
 
-def test_a_loop_is_whole_bars_at_the_given_tempo_and_repeats_without_a_click(engine: Engine, source: np.ndarray) -> None:
+def test_a_loop_is_whole_bars_at_the_tempo_and_repeats_without_a_click(engine: Engine, source: np.ndarray) -> None:
     params = GenerationParams(duration=7.0, seed=4, loop=True, bpm=100.0)  # 4/4 at 100 BPM: 2.4 s bars -> 3 bars
     result = engine.generate(source, SAMPLE_RATE, params)
     assert result.audio.shape == (round(3 * 2.4 * SAMPLE_RATE),)
@@ -232,7 +232,8 @@ def test_melody_windows_follow_the_chroma_of_their_own_stretch_of_the_source(mod
         chroma = melody_chroma(_cyclic_slice(melody, start * 640, 30 * SAMPLE_RATE))
         with torch.inference_mode():
             expected = proj(chroma[None])[0]
-        torch.testing.assert_close(prefix[:chroma_len], expected.repeat(-(-chroma_len // len(expected)), 1)[:chroma_len])
+        tiled = expected.repeat(-(-chroma_len // len(expected)), 1)[:chroma_len]
+        torch.testing.assert_close(prefix[:chroma_len], tiled)
     assert not torch.equal(seen[1][1], seen[2][1])  # later windows hear later notes
     assert not torch.equal(seen[1][1], seen[4][1])  # and not the control's
     assert out["melody"].shape == (650 * 640,)
