@@ -41,8 +41,12 @@ PRECISIONS = [("fp32", 1e-4, 1.0), ("bf16", 0.05, 0.9), ("fp16", 0.01, 0.97), ("
 
 def _decoder_model(shape: dict[str, Any]) -> tuple[Any, bool]:
     """A random MusicGen(-Melody) decoder LM in `shape` with N_LAYERS layers, as a `.decoder` holder."""
-    from transformers import MusicgenDecoderConfig, MusicgenForCausalLM, MusicgenMelodyDecoderConfig
-    from transformers import MusicgenMelodyForCausalLM
+    from transformers import (
+        MusicgenDecoderConfig,
+        MusicgenForCausalLM,
+        MusicgenMelodyDecoderConfig,
+        MusicgenMelodyForCausalLM,
+    )
 
     shape = dict(shape)
     melody = shape.pop("melody", False)
@@ -68,7 +72,7 @@ def _inputs(model: Any, melody: bool) -> tuple[torch.Tensor, torch.Tensor, torch
     return tokens, memory, mask
 
 
-def _reference(model: Any, melody: bool, tokens: torch.Tensor, memory: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def _reference(model: Any, melody: bool, tokens: torch.Tensor, memory: torch.Tensor, mask: torch.Tensor) -> Any:
     """transformers' forward -> (T, K, vocab) float32."""
     with torch.inference_mode():
         if melody:  # the prefix is read by self-attention, its padding masked as keys
@@ -115,8 +119,13 @@ def test_the_decoder_matches_transformers_in_the_real_shapes_in_every_precision(
 @pytest.mark.slow
 def test_t5_base_memory_through_enc_to_dec_proj_matches_transformers_for_musicgen_small_shape() -> None:
     """The conditional model end to end: t5-base (768) text states projected to 1024 and read by cross-attention."""
-    from transformers import EncodecConfig, MusicgenConfig, MusicgenDecoderConfig, MusicgenForConditionalGeneration
-    from transformers import T5Config
+    from transformers import (
+        EncodecConfig,
+        MusicgenConfig,
+        MusicgenDecoderConfig,
+        MusicgenForConditionalGeneration,
+        T5Config,
+    )
 
     text = T5Config(vocab_size=256, d_model=768, d_kv=64, d_ff=3072, num_layers=N_LAYERS, num_heads=12)
     audio = EncodecConfig(sampling_rate=32_000, upsampling_ratios=[8, 5, 4, 4], codebook_size=2048, codebook_dim=16,
