@@ -163,11 +163,15 @@ def models_pull() -> None:
 
 
 @app.command()
-def bench(quick: Annotated[bool, typer.Option(help="small shapes, for CI smoke")] = False) -> None:
+def bench(
+    quick: Annotated[bool, typer.Option(help="small shapes, for CI smoke")] = False,
+    shape: Annotated[str, typer.Option(help="MusicGen architecture: small, medium, large, melody, stereo-small, ...")]
+    = "small",
+) -> None:  # fmt: skip
     """Benchmark the real architectures (random weights): baseline vs Motif, batching, CLAP, memory."""
     from motif import bench as bench_module
 
-    sys.exit(bench_module.main(["--quick"] if quick else []))
+    sys.exit(bench_module.main([*(["--quick"] if quick else []), "--shape", shape]))
 
 
 @app.command()

@@ -143,3 +143,19 @@ def test_t5_base_memory_through_enc_to_dec_proj_matches_transformers_for_musicge
     assert model.text_encoder.config.hidden_size == 768 and states.shape == (9, 1024)
     ours = _ours(model, False, "fp32", tokens, states, torch.ones(9, dtype=torch.bool))
     torch.testing.assert_close(ours, reference[3:], rtol=1e-4, atol=1e-4)
+
+
+def test_bench_shapes_are_the_checkpoints_and_the_tests_use_their_per_layer_shapes() -> None:
+    from motif.bench.builders import SHAPES as BENCH_SHAPES
+    from motif.bench.builders import decoder_shape
+
+    assert decoder_shape("medium") == ({"hidden_size": 1536, "num_hidden_layers": 48, "num_attention_heads": 24,
+                                        "ffn_dim": 6144, "num_codebooks": 4, "audio_channels": 1}, False)  # fmt: skip
+    stereo_melody, melody = decoder_shape("stereo-melody-large")
+    assert melody and stereo_melody["num_codebooks"] == 8 and stereo_melody["hidden_size"] == 2048
+    for name, shape in SHAPES.items():  # this file's 2-layer shapes are the bench's, layer for layer
+        bench, bench_melody = decoder_shape(name if name in BENCH_SHAPES else name.replace("stereo-small", "small"))
+        per_layer = {k: v for k, v in shape.items() if k not in ("melody", "num_codebooks", "audio_channels")}
+        assert per_layer.items() <= bench.items() and bench_melody == shape.get("melody", False), name
+    with pytest.raises(ValueError, match="unknown shape"):
+        decoder_shape("huge")
