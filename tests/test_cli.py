@@ -78,7 +78,11 @@ def test_test_pipeline_script_writes_embedding_and_audio(env: dict[str, str], tm
                           cwd=tmp_path, capture_output=True, text=True, timeout=300)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     data = Path(env["DATA_DIR"])
-    vector = np.load(data / "processed" / "test_embedding.npy")
+    from motif.config import Settings
+    from motif.service.runtime import close_services, open_services
+
+    close_services(open_services(Settings(_env_file=None, data_dir=data), start_workers=False))  # a server start
+    vector = np.load(data / "pipeline-test" / "test_embedding.npy")
     assert vector.shape == (512,)
-    audio, rate = sf.read(data / "generated" / "test_generated.wav")
+    audio, rate = sf.read(data / "pipeline-test" / "test_generated.wav")
     assert rate == 32_000 and audio.shape[0] == 5 * 32_000
