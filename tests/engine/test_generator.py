@@ -188,3 +188,30 @@ def test_melody_model_follows_the_chroma_of_its_source(loaded_melody: LoadedGene
     generator.run([_task("m1", 5, 5.0, outcomes, melody_audio=source), _task("m2", 5, 5.0, outcomes)])
     assert outcomes["m1"].shape == (5 * SAMPLE_RATE,)
     assert not np.array_equal(outcomes["m1"], outcomes["m2"])  # same seed: only the chroma differs
+
+
+def test_a_finished_jobs_rendering_and_delivery_do_not_stall_the_batchs_decode_steps(loaded: LoadedGenerator) -> None:
+    """The short job's on_done waits for the long job to make progress: it can only see it if the long job
+    keeps stepping meanwhile, i.e. if finishing happens off the decode loop (it waits 30 s at most)."""
+    import threading
+
+    outcomes: dict = {}
+    steps: list[float] = []
+    moved_on = threading.Event()
+    marks: dict[str, int] = {}
+
+    def long_progress(value: float) -> None:
+        steps.append(value)
+        if "short" in marks and len(steps) >= marks["short"] + 5:
+            moved_on.set()
+
+    def short_done(outcome: object) -> None:
+        marks["short"] = len(steps)
+        outcomes["saw_progress"] = moved_on.wait(timeout=30)
+        outcomes["short"] = outcome
+
+    short = DecodeTask(key="short", text="", params=GenerationParams(seed=1), seed=1, n_frames=25, on_done=short_done)
+    long = _task("long", 2, 5.0, outcomes, progress=long_progress)
+    MusicGenerator(loaded).run([short, long])
+    assert outcomes["saw_progress"] and outcomes["short"].shape == (25 * 640,)
+    assert outcomes["long"].shape == (5 * SAMPLE_RATE,)
