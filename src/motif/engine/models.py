@@ -8,6 +8,7 @@ runs in production.
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -133,6 +134,28 @@ def resolve_generation_precision(precision: str, device: torch.device) -> str:
     return "bf16" if cpu_has_native_bf16() else "fp32"
 
 
+_import_lock = threading.Lock()
+_TRANSFORMERS_NAMES = (
+    "AutoConfig", "AutoTokenizer", "MusicgenForConditionalGeneration", "MusicgenMelodyForConditionalGeneration",
+    "ClapModel", "ClapFeatureExtractor", "T5Tokenizer", "T5TokenizerFast", "RobertaTokenizer",
+    "RobertaTokenizerFast", "EncodecModel", "T5EncoderModel", "GenerationConfig",
+)  # fmt: skip
+
+
+def import_transformers() -> None:
+    """Import every transformers class the loaders reach, once, under a lock.
+
+    transformers imports its model modules lazily on first attribute access, and two threads doing that at
+    once (the generation and embedding models load in parallel, each under its own lock) can see a half-
+    initialised module: "cannot import name 'AutoTokenizer' from 'transformers'". After this, they are cached.
+    """
+    with _import_lock:
+        import transformers
+
+        for name in _TRANSFORMERS_NAMES:
+            getattr(transformers, name, None)
+
+
 def _hub_cache_dir() -> str:
     from huggingface_hub.constants import HF_HUB_CACHE
 
@@ -219,6 +242,7 @@ def load_generator(
     the time goes. Weights are read straight into their dtype: no float32 copy of a bf16 decoder is held.
     Raises ModelUnavailableError naming the model, where it looked and how to fetch it.
     """
+    import_transformers()
     from transformers import (
         AutoConfig,
         AutoTokenizer,
@@ -252,6 +276,7 @@ def load_embedder(
     model_id: str, device: torch.device, dtype: torch.dtype, cache_dir: Path, allow_download: bool
 ) -> LoadedEmbedder:
     """Load a CLAP model by id, local path, or `tiny`. Raises ModelUnavailableError."""
+    import_transformers()
     from transformers import AutoTokenizer, ClapFeatureExtractor, ClapModel
 
     path = str(build_tiny_clap(cache_dir, model_id)) if model_id in TINY_EMBEDDING_IDS else model_id
