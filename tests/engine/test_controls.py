@@ -170,23 +170,32 @@ def test_a_failed_load_is_remembered_and_retried_with_backoff() -> None:
     assert slot.get() == "model" and slot.failure is None and calls == [0.0, 5.0, 15.0]
 
 
-def test_each_model_loads_under_its_own_lock(model_cache: Path) -> None:
-    engine = Engine(_settings(model_cache))
-    release = threading.Event()
-    slow = engine._generator_slot._load
+def test_an_embedding_never_waits_behind_a_musicgen_download(
+    model_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each model has its own slot, and files are fetched before the (serialised) construction: a generation
+    model stuck downloading holds up nothing else."""
+    engine = Engine(_settings(model_cache, generation_model="tiny-stereo"))
+    release, fetching = threading.Event(), threading.Event()
+    fetch = pipeline_module.models._fetch
 
-    def blocked() -> Any:
-        release.wait(timeout=60)
-        return slow()
+    def slow_fetch(model_id: str, allow_download: bool) -> None:
+        if model_id == "tiny-stereo":
+            fetching.set()
+            release.wait(timeout=60)
+        fetch(model_id, allow_download)
 
-    engine._generator_slot._load = blocked  # type: ignore[method-assign]
+    monkeypatch.setattr(pipeline_module.models, "_fetch", slow_fetch)
     loading = threading.Thread(target=lambda: engine.generator)
     loading.start()
     try:
-        assert engine.embed_text(["calm piano"]).shape == (1, 512)  # not behind the generator's load
+        assert fetching.wait(timeout=60)
+        assert engine.embed_text(["calm piano"]).shape == (1, 512)  # while the generator is still "downloading"
+        assert engine._generator_slot.value is None
     finally:
         release.set()
         loading.join(timeout=120)
+    assert engine._generator_slot.value is not None
 
 
 def test_encodec_renders_long_outputs_in_chunks_that_join_seamlessly(

@@ -134,7 +134,11 @@ def resolve_generation_precision(precision: str, device: torch.device) -> str:
     return "bf16" if cpu_has_native_bf16() else "fp32"
 
 
-_import_lock = threading.Lock()
+# transformers' model construction is not thread-safe: `from_pretrained` sets process-wide state (the default
+# dtype, empty-weight initialisation) while it builds a model, and its classes import lazily. Models are
+# therefore built one at a time; their files are downloaded before, outside this lock (`_fetch`), so an
+# embedding model never waits behind a MusicGen download.
+construct_lock = threading.RLock()
 _TRANSFORMERS_NAMES = (
     "AutoConfig", "AutoTokenizer", "MusicgenForConditionalGeneration", "MusicgenMelodyForConditionalGeneration",
     "ClapModel", "ClapFeatureExtractor", "T5Tokenizer", "T5TokenizerFast", "RobertaTokenizer",
@@ -143,17 +147,36 @@ _TRANSFORMERS_NAMES = (
 
 
 def import_transformers() -> None:
-    """Import every transformers class the loaders reach, once, under a lock.
+    """Import every transformers class the loaders reach, once, under the construction lock.
 
     transformers imports its model modules lazily on first attribute access, and two threads doing that at
-    once (the generation and embedding models load in parallel, each under its own lock) can see a half-
-    initialised module: "cannot import name 'AutoTokenizer' from 'transformers'". After this, they are cached.
+    once can see a half-initialised module: "cannot import name 'AutoTokenizer' from 'transformers'".
     """
-    with _import_lock:
+    with construct_lock:
         import transformers
 
         for name in _TRANSFORMERS_NAMES:
             getattr(transformers, name, None)
+
+
+_FETCH_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt"]  # config, weights, tokenizer, preprocessor
+
+
+def _fetch(model_id: str, allow_download: bool) -> None:
+    """Download a hub model's files into the Hugging Face cache (no lock held) when they are not there yet.
+
+    Failures are left to the load that follows, which reports them with the fix.
+    """
+    if not allow_download or model_id in TINY_GENERATION_IDS | TINY_EMBEDDING_IDS or Path(model_id).exists():
+        return
+    if find_safetensors(model_id):
+        return
+    from huggingface_hub import snapshot_download
+
+    try:
+        snapshot_download(model_id, allow_patterns=_FETCH_PATTERNS)
+    except Exception as error:  # offline, unknown id, ...: the load reports it
+        log.info("could not fetch %s ahead of loading it: %s", model_id, error)
 
 
 def _hub_cache_dir() -> str:
@@ -236,12 +259,21 @@ def load_generator(
     model_id: str, device: torch.device, dtype: torch.dtype, cache_dir: Path, allow_download: bool,
     decoder_dtype: torch.dtype | None = None,
 ) -> LoadedGenerator:
-    """Load a MusicGen-family model by id, local path, or `tiny`/`tiny-melody`.
+    """Load a MusicGen-family model by id, local path, or a `tiny` id (motif.engine.tiny).
 
     `dtype` is the text encoder's and EnCodec's; `decoder_dtype` (default `dtype`) the decoder's, where
     the time goes. Weights are read straight into their dtype: no float32 copy of a bf16 decoder is held.
     Raises ModelUnavailableError naming the model, where it looked and how to fetch it.
     """
+    _fetch(model_id, allow_download)
+    with construct_lock:
+        return _load_generator(model_id, device, dtype, cache_dir, allow_download, decoder_dtype)
+
+
+def _load_generator(
+    model_id: str, device: torch.device, dtype: torch.dtype, cache_dir: Path, allow_download: bool,
+    decoder_dtype: torch.dtype | None,
+) -> LoadedGenerator:
     import_transformers()
     from transformers import (
         AutoConfig,
@@ -275,7 +307,15 @@ def load_generator(
 def load_embedder(
     model_id: str, device: torch.device, dtype: torch.dtype, cache_dir: Path, allow_download: bool
 ) -> LoadedEmbedder:
-    """Load a CLAP model by id, local path, or `tiny`. Raises ModelUnavailableError."""
+    """Load a CLAP model by id, local path, or `tiny` / `tiny-fused`. Raises ModelUnavailableError."""
+    _fetch(model_id, allow_download)
+    with construct_lock:
+        return _load_embedder(model_id, device, dtype, cache_dir, allow_download)
+
+
+def _load_embedder(
+    model_id: str, device: torch.device, dtype: torch.dtype, cache_dir: Path, allow_download: bool
+) -> LoadedEmbedder:
     import_transformers()
     from transformers import AutoTokenizer, ClapFeatureExtractor, ClapModel
 

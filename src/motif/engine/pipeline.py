@@ -101,15 +101,16 @@ class Engine:
         # The decoder is where the time goes and is read straight into `dtype`; T5 and EnCodec's encoder stay fp32.
         loaded = models.load_generator(s.generation_model, device, torch.float32, s.model_cache_dir,
                                        s.allow_model_download, decoder_dtype=dtype)  # fmt: skip
-        if precision != "fp32" and device.type == "cpu" and models.cpu_has_native_bf16():
-            cast_codec_decoder(loaded.model.audio_encoder, torch.bfloat16)  # tokens -> audio; SNR in `motif bench`
-        generator = MusicGenerator(
-            loaded,
-            window_frames=int(s.window_seconds * FRAMES_PER_SECOND),
-            overlap_frames=int(s.extend_overlap_seconds * FRAMES_PER_SECOND),
-            max_batch=s.max_batch_size,
-            int8=precision == "int8",
-        )
+        with models.construct_lock:  # repacking builds tensors: not while transformers builds another model
+            if precision != "fp32" and device.type == "cpu" and models.cpu_has_native_bf16():
+                cast_codec_decoder(loaded.model.audio_encoder, torch.bfloat16)  # tokens -> audio; SNR in `motif bench`
+            generator = MusicGenerator(
+                loaded,
+                window_frames=int(s.window_seconds * FRAMES_PER_SECOND),
+                overlap_frames=int(s.extend_overlap_seconds * FRAMES_PER_SECOND),
+                max_batch=s.max_batch_size,
+                int8=precision == "int8",
+            )
         _check_batch_memory(generator, s, device)
         return generator
 
@@ -117,8 +118,9 @@ class Engine:
         s = self.settings
         device = self.device
         dtype = models.resolve_dtype(s.embedding_precision, device)
-        return Embedder(models.load_embedder(s.embedding_model, device, dtype, s.model_cache_dir,
-                                             s.allow_model_download))  # fmt: skip
+        loaded = models.load_embedder(s.embedding_model, device, dtype, s.model_cache_dir, s.allow_model_download)
+        with models.construct_lock:
+            return Embedder(loaded)
 
     def load(self) -> None:
         """Load every configured model now (start-up warm-up); raises ModelUnavailableError."""
