@@ -110,3 +110,18 @@ def test_the_decoder_in_musicgen_small_shape_matches_transformers_on_the_gpu(dty
     ours = torch.stack(out).cpu()
     err = float(((ours - reference).norm(dim=-1) / reference.norm(dim=-1)).max())
     assert err < (0.01 if dtype == torch.float16 else 0.05)
+
+
+@pytest.mark.slow
+def test_the_whole_pipeline_with_random_weights_in_musicgen_small_shape(model_cache: Path, source: np.ndarray) -> None:
+    """All 24 layers of musicgen-small (587M parameters, random weights), batched, in fp16 on the GPU."""
+    from motif.bench.builders import build_musicgen
+
+    engine = _engine(model_cache, generation_model=str(build_musicgen(model_cache, "small")), window_seconds=30.0,
+                     extend_overlap_seconds=10.0, prompt_seconds=10.0)  # fmt: skip
+    outcomes: dict[str, Any] = {}
+    jobs = [GenerationJob(source, GenerationParams(duration=5.0, seed=i), key=str(i),
+                          on_done=lambda o, k=str(i): outcomes.__setitem__(k, o)) for i in range(4)]  # fmt: skip
+    engine.run_batch(jobs)
+    assert all(outcomes[str(i)].audio.shape == (5 * SAMPLE_RATE,) for i in range(4))
+    assert engine.generator.decoder.precision == "fp16"
