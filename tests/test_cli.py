@@ -58,6 +58,17 @@ def test_generate_writes_audio_of_the_requested_length(env: dict[str, str], song
     assert "seed 3" in result.stdout
 
 
+def test_generate_a_loop_of_whole_bars_from_a_section(env: dict[str, str], song: Path, tmp_path: Path) -> None:
+    out = tmp_path / "loop.wav"
+    args = ["generate", str(song), "-o", str(out), "--duration", "7", "--loop", "--bpm", "120", "--key", "A minor",
+            "--start", "1", "--end", "4", "--seed", "2"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    audio, rate = sf.read(out)
+    assert rate == 32_000 and audio.shape[0] == 8 * 32_000  # four 2 s bars at 120 BPM
+    assert "120 BPM, in A minor" in result.stdout
+
+
 def test_bad_input_exits_2_with_the_reason(env: dict[str, str], tmp_path: Path) -> None:
     text = tmp_path / "notes.wav"
     text.write_text("definitely not audio")
