@@ -13,6 +13,7 @@ Every tensor lives on the loaded model's device, sampling generators included.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -102,20 +103,26 @@ class MusicGenerator:
 
     # ---------------------------------------------------------------- the loop
 
-    def run(self, tasks: list[DecodeTask], take_more: Callable[[int], list[DecodeTask]] | None = None) -> None:
-        """Decode tasks (and those take_more adds between steps) until all are done; results go to on_done."""
+    def run(
+        self, tasks: list[DecodeTask], take_more: Callable[[int], list[DecodeTask]] | None = None,
+        on_step: Callable[[int, float], None] | None = None,
+    ) -> None:  # fmt: skip
+        """Decode tasks (and those take_more adds between steps) until all are done; results go to on_done.
+
+        `on_step(n_tasks, seconds)` hears of each decode step: how many tasks it advanced and its wall time.
+        """
         active: list[_Active] = []
         waiting = list(tasks)
         finishing: list[Future[None]] = []
         try:
-            self._loop(active, waiting, finishing, take_more)
+            self._loop(active, waiting, finishing, take_more, on_step)
         finally:
             for future in finishing:  # every on_done has run when run() returns
                 future.result()
 
     def _loop(
         self, active: list[_Active], waiting: list[DecodeTask], finishing: list[Future[None]],
-        take_more: Callable[[int], list[DecodeTask]] | None,
+        take_more: Callable[[int], list[DecodeTask]] | None, on_step: Callable[[int, float], None] | None,
     ) -> None:  # fmt: skip
         while True:
             if take_more is not None and len(active) + len(waiting) < self.max_batch:
@@ -130,7 +137,10 @@ class MusicGenerator:
                 active.append(state)
             if not active:
                 return
+            n_tasks, started = len(active), time.perf_counter()
             finishing += self._step(active)
+            if on_step is not None:
+                on_step(n_tasks, time.perf_counter() - started)
 
     def _step(self, active: list[_Active]) -> list[Future[None]]:
         tokens = torch.stack([a.window.seq[:, a.window.pos] for a in active for _ in range(2)])  # type: ignore[union-attr]
