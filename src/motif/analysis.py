@@ -67,13 +67,14 @@ class AudioAnalysis:
 def analyze(samples: np.ndarray, sample_rate: int) -> AudioAnalysis:
     """Analyse (frames,) mono (or (frames, channels), averaged) float audio at `sample_rate` Hz.
 
-    Never raises for silence or very short input: undefined values come back as None.
+    Never raises for silence or very short input: undefined values come back as None. Memory is a few
+    times the input in float32 (uploads are analysed at 32 kHz, never at their native rate).
     """
     x = np.nan_to_num(np.asarray(samples, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
     if x.ndim == 2:
         x = x.mean(axis=1)
     peak = float(np.abs(x).max(initial=0.0))
-    rms = float(np.sqrt(np.mean(np.square(x, dtype=np.float64)))) if x.size else 0.0
+    rms = math.sqrt(_mean_square(x))
     spectral = resample(x, sample_rate, SPECTRAL_RATE) if sample_rate > SPECTRAL_RATE else x
     low = resample(spectral, min(sample_rate, SPECTRAL_RATE), RHYTHM_RATE)
     tempo, tempo_confidence = estimate_tempo(low, RHYTHM_RATE)
@@ -89,6 +90,15 @@ def analyze(samples: np.ndarray, sample_rate: int) -> AudioAnalysis:
         spectral_centroid_hz=centroid, spectral_rolloff_hz=rolloff, spectral_flatness=flatness,
         zero_crossings_per_s=float(crossings * sample_rate / max(1, x.shape[0])),
     )  # fmt: skip
+
+
+def _mean_square(x: np.ndarray) -> float:
+    """Mean of x**2 accumulated in float64, a chunk at a time (no float64 copy of a long clip)."""
+    total = 0.0
+    for start in range(0, x.shape[0], 1 << 18):
+        chunk = x[start : start + (1 << 18)].astype(np.float64)
+        total += float(np.dot(chunk, chunk))
+    return total / x.shape[0] if x.shape[0] else 0.0
 
 
 def _db(value: float) -> float | None:
