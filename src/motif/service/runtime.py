@@ -9,7 +9,6 @@ so the server answers /api/health within a second or so and says which models ar
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
@@ -46,6 +45,7 @@ class Services:
     events: JobEvents
     workers: Workers
     decode_limiter: anyio.CapacityLimiter  # uploads decoded at once: bounds memory, not only CPU
+    upload_limiter: anyio.CapacityLimiter  # upload requests in flight; more are refused with 503
     lock: IO[str] | None = None
 
     @property
@@ -74,8 +74,9 @@ def open_services(settings: Settings, start_workers: bool = True) -> Services:
     workers = Workers(WorkerContext(settings, host, db, blobs, queue, events))
     if start_workers:
         workers.start()  # the embedding worker queues the embeddings uploads lack (backfill_embeddings)
-    limiter = anyio.CapacityLimiter(max(2, os.cpu_count() or 2))
-    return Services(settings, db, blobs, queue, host, events, workers, limiter, lock)
+    decodes = anyio.CapacityLimiter(settings.max_concurrent_decodes)
+    uploads = anyio.CapacityLimiter(settings.max_concurrent_uploads)
+    return Services(settings, db, blobs, queue, host, events, workers, decodes, uploads, lock)
 
 
 def close_services(services: Services, timeout: float = 30.0) -> None:

@@ -10,7 +10,7 @@ from motif.service import library
 from motif.service.api.deps import AudioId, Limit, Offset, ServicesDep
 from motif.service.api.errors import responses
 from motif.service.api.schemas import AudioList, AudioPublic, EmbeddingPublic, ErrorMessage, JobPending
-from motif.service.api.upload import OPENAPI_BODY, receive_upload
+from motif.service.api.upload import OPENAPI_BODY, UPLOAD_RESPONSES, receive_upload, upload_slot
 from motif.service.api.waits import ready_embedding
 from motif.service.ingest import ingest_upload
 
@@ -19,12 +19,12 @@ router = APIRouter(tags=["audio"])
 
 @router.post(
     "/upload", status_code=201, response_model=AudioPublic, openapi_extra=OPENAPI_BODY,
-    responses=responses(413, 415, 422),
+    responses={**responses(413, 415, 422), **UPLOAD_RESPONSES},
 )  # fmt: skip
 async def upload_audio(request: Request, services: ServicesDep) -> AudioPublic:
     """Upload a track (any common audio or video format, by content). Its CLAP embedding starts at once."""
-    with services.blobs.staging("uploads") as staged:
-        filename, size = await receive_upload(request, staged, services.settings.max_file_size)
+    with upload_slot(services.upload_limiter), services.blobs.staging("uploads") as staged:
+        filename, size = await receive_upload(request, staged, services.settings)
         row = await anyio.to_thread.run_sync(ingest_upload, services, staged, filename or "", size,
                                              limiter=services.decode_limiter)  # fmt: skip
     return AudioPublic.from_row(row, "queued")
