@@ -42,6 +42,7 @@ TRUE_PEAK_RATE = 192_000  # BS.1770-4 annex 2: oversample to 192 kHz (4x at 48 k
 LIMITER_WINDOW_S = 0.005  # lookahead / release of the peak limiter
 LOUDNESS_BLOCK_S, LOUDNESS_OVERLAP = 0.4, 0.75  # BS.1770 gating blocks
 LOUDNESS_CHUNK = 1 << 18  # samples filtered at a time
+DENORMAL_GUARD = 1e-150  # +- at Nyquist, 3000 dB below full scale: keeps IIR states out of subnormals
 MP3_BIT_RATE = 192_000
 WAV_SUBTYPE = "PCM_16"
 
@@ -105,6 +106,8 @@ def _block_mean_squares(x: np.ndarray, sample_rate: int) -> np.ndarray:
     total = 0.0
     for start in range(0, n, LOUDNESS_CHUNK):
         y = np.nan_to_num(x[start : start + LOUDNESS_CHUNK].astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+        y[::2] += DENORMAL_GUARD  # the filters' decay after a click would crawl through subnormal numbers
+        y[1::2] -= DENORMAL_GUARD
         for i, (b, a, gain) in enumerate(coefficients):
             y, states[i] = lfilter(b, a, y, zi=states[i])
             y *= gain

@@ -338,18 +338,30 @@ class _StreamDecoder:
         if not planar:  # packed formats come as (1, samples * channels), interleaved
             data = data.reshape(-1, channels).T
         for start in range(0, data.shape[1], BLOCK_FRAMES):  # a huge frame is converted in slices too
-            mono = self._downmix(_to_float(data[:, start : start + BLOCK_FRAMES]))
+            mono = self._downmix(data[:, start : start + BLOCK_FRAMES])
             if rate != self.source_rate:  # rare: a rate change mid-stream
                 mono = soxr.resample(mono, rate, self.source_rate).astype(np.float32)
             self._emit(self._stream.resample_chunk(mono) if self._stream else mono)
 
-    def _downmix(self, values: np.ndarray) -> np.ndarray:
-        """(channels, n) float32 -> (n,) float32 mean, with NaN/Inf zeroed and counted."""
-        finite = np.isfinite(values)
-        if not finite.all():
-            self.n_nonfinite += int(values.size - np.count_nonzero(finite))
-            values = np.where(finite, values, np.float32(0))
-        return values[0] if values.shape[0] == 1 else values.mean(axis=0, dtype=np.float32)
+    def _downmix(self, block: np.ndarray) -> np.ndarray:
+        """(channels, n) in FFmpeg's sample format -> (n,) float32 mean at full scale 1.0; NaN/Inf zeroed, counted.
+
+        Channels are summed into one float32 row before scaling: one pass per channel, no float copy of all.
+        """
+        n_channels = block.shape[0]
+        mono = block[0].astype(np.float32)
+        for channel in block[1:]:
+            mono += channel
+        if block.dtype.kind == "u":  # unsigned 8-bit: silence is 128
+            return (mono - np.float32(128 * n_channels)) * np.float32(1 / (128 * n_channels))
+        if block.dtype.kind == "i":
+            return mono * np.float32(1 / (2 ** (8 * block.dtype.itemsize - 1) * n_channels))
+        if not np.isfinite(mono).all():  # rare: NaN/Inf in a float source (or finite values summing past float32)
+            finite = np.isfinite(block)
+            self.n_nonfinite += int(block.size - np.count_nonzero(finite))
+            mono = np.where(finite, block, 0).mean(axis=0, dtype=np.float64).astype(np.float32)
+            return np.nan_to_num(mono, posinf=1.0, neginf=-1.0)
+        return mono * np.float32(1 / n_channels) if n_channels > 1 else mono
 
     def _emit(self, chunk: np.ndarray) -> None:
         end = self._n_out + chunk.shape[0]
@@ -376,11 +388,3 @@ class _StreamDecoder:
         # Float sources and resampling may overshoot full scale; callers are promised [-1, 1].
         return np.clip(samples, -1.0, 1.0, out=samples)
 
-
-def _to_float(data: np.ndarray) -> np.ndarray:
-    """(channels, n) samples in FFmpeg's sample format -> float32 at full scale 1.0."""
-    if data.dtype.kind == "u":  # unsigned 8-bit: silence is 128
-        return (data.astype(np.float32) - 128.0) / 128.0
-    if data.dtype.kind == "i":
-        return data.astype(np.float32) / float(2 ** (8 * data.dtype.itemsize - 1))
-    return data.astype(np.float32, copy=False)

@@ -28,6 +28,10 @@ BOMBS = [
     ("wav8-655350Hz-1ch-150s", "wav8", 655_350, 1, 150.0),
     ("flac-192000Hz-8ch-299s", "flac", 192_000, 8, 299.0),
     ("wav-192000Hz-8ch-34s", "wav", 192_000, 8, 34.0),
+    # The worst that the default limits accept: 115 M decoded values each.
+    ("flac-192000Hz-2ch-299s", "flac", 192_000, 2, 299.0),
+    ("flac-48000Hz-8ch-299s", "flac", 48_000, 8, 299.0),
+    ("wav8-192000Hz-2ch-270s", "wav8", 192_000, 2, 270.0),
 ]
 
 
