@@ -43,8 +43,8 @@ DURATION_SLACK = 0.1  # seconds of codec padding tolerated past max_duration, th
 MAX_NONFINITE_FRACTION = 0.01  # more NaN/Inf than this is a broken file, not a few bad samples
 MAX_BAD_PACKET_FRACTION = 0.05  # FFmpeg skips a damaged packet; this many means a damaged file
 # Each packet costs ~30 us of Python whatever it holds: a FLAC cut into 16-sample blocks would take
-# minutes. Real codecs use at most a few hundred per second (Opus at 2.5 ms: 400).
-MAX_PACKETS_PER_SECOND = 1000
+# minutes. Real codecs stay well under this (Opus at 2.5 ms: 400 a second; Dolby TrueHD: 1200).
+MAX_PACKETS_PER_SECOND = 1500
 PACKET_GRACE = 5000  # packets decoded before their rate per second of audio is judged
 BLOCK_FRAMES = 1 << 15  # source frames converted together: ~1 MB of float32 at 8 channels
 OUTPUT_MARGIN = 4096  # output samples allowed past the limit for a resampler's rounding

@@ -17,7 +17,7 @@ from tests.e2e.server import Server, server_env
 from tests.service.conftest import wait_until
 from tests.synth import music_like, write_format
 
-IDLE_TIMEOUT = 2  # seconds (UPLOAD_IDLE_TIMEOUT)
+IDLE_TIMEOUT = 3  # seconds (UPLOAD_IDLE_TIMEOUT)
 BOUNDARY = "motif-test-boundary"
 
 
@@ -79,7 +79,8 @@ def test_uploads_past_the_concurrency_cap_get_503_with_retry_after(strict_server
 
     sender = threading.Thread(target=trickle)
     sender.start()
-    try:
+    try:  # the handler stages the body once it holds the slot
+        wait_until(lambda: staged_files(strict_server), timeout=30, what="the slow upload to take the slot")
         refused = wait_until(lambda: (r := upload(strict_server.client, small_wav)).status_code == 503 and r,
                              timeout=30, what="an upload refused while the slot is taken")  # fmt: skip
     finally:
