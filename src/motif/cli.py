@@ -6,7 +6,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import numpy as np
 import typer
@@ -15,12 +15,19 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from motif.config import Settings
+
+if TYPE_CHECKING:
+    from motif.service.store import Database
 from motif.engine.types import GenerationMode, GenerationParams, OutputFormat
 from motif.errors import MotifError
 
 app = typer.Typer(help="Motif: upload a piece of music, get more music like it.", no_args_is_help=True)
 models_app = typer.Typer(help="Pre-fetch and inspect the configured models.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
+db_app = typer.Typer(help="The metadata database's schema (Alembic migrations).", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+keys_app = typer.Typer(help="API keys (REQUIRE_API_KEY=true): each key sees only what it made.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
 console = Console(stderr=True)
 
 
@@ -172,15 +179,133 @@ def bench(quick: Annotated[bool, typer.Option(help="small shapes, for CI smoke")
 
 @app.command()
 def serve(
-    host: Annotated[str | None, typer.Option(help="default: HOST")] = None,
+    host: Annotated[str | None, typer.Option(help="default: HOST, else 127.0.0.1 (0.0.0.0 with API keys on)")] = None,
     port: Annotated[int | None, typer.Option(help="default: PORT")] = None,
 ) -> None:
     """Run the HTTP API (what start.sh runs)."""
     import uvicorn
 
+    from motif.service.logs import configure_logging
+
+    settings = Settings()
+    configure_logging(settings)  # LOG_FORMAT for every logger, uvicorn's too, with secrets redacted
+    bind = host or settings.bind_host
+    if not settings.require_api_key and not _is_loopback(bind):
+        console.print(f"[bold red]WARNING: serving on {bind} WITHOUT API KEYS: anyone who can reach this address "
+                      "can read, generate and delete every track. Set REQUIRE_API_KEY=true (and create keys with "
+                      "`motif keys create NAME`) or HOST=127.0.0.1.[/]")  # fmt: skip
+    # uvicorn's access log would print raw paths with query strings (where secrets can hide) in its own
+    # format: the app's request middleware logs each request instead (route template, status, duration).
+    uvicorn.run("motif.service.api.app:create_app", factory=True, host=bind, port=port or settings.port,
+                log_level=settings.log_level.lower(), log_config=None, access_log=False)  # fmt: skip
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _database() -> Database:
+    from motif.service.store import Database
+
     settings = _settings()
-    uvicorn.run("motif.service.api.app:create_app", factory=True, host=host or settings.host,
-                port=port or settings.port, log_level=settings.log_level.lower())  # fmt: skip
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    return Database(settings.resolved_database_url)
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: Annotated[str, typer.Argument(help="default: the newest")] = "head") -> None:
+    """Bring the schema to REVISION (run once per release before starting servers and workers)."""
+    from motif.service.migrations import SchemaError, current, upgrade
+
+    db = _database()
+    try:
+        before = upgrade(db.engine, revision)
+    except SchemaError as error:
+        _fail(error)
+    typer.echo(f"schema {before or 'none'} -> {current(db.engine)}")
+
+
+@db_app.command("downgrade")
+def db_downgrade(revision: Annotated[str, typer.Argument(help="e.g. 0001, or base (drops every table)")]) -> None:
+    """Step the schema back to REVISION (before running an older Motif on this database)."""
+    from motif.service.migrations import current, downgrade
+
+    db = _database()
+    downgrade(db.engine, revision)
+    typer.echo(f"schema now {current(db.engine) or 'none'}")
+
+
+@db_app.command("current")
+def db_current() -> None:
+    """Print the database's schema revision and the newest this Motif knows."""
+    from motif.service.migrations import current, head
+
+    typer.echo(f"database: {current(_database().engine) or 'none'}; this Motif: {head()}")
+
+
+@keys_app.command("create")
+def keys_create(
+    name: str,
+    admin: Annotated[bool, typer.Option("--admin", help="sees every tenant's data, /metrics, health details")] = False,
+    rate_per_minute: Annotated[int | None, typer.Option(min=0, help="default: QUOTA_REQUESTS_PER_MINUTE")] = None,
+    max_active: Annotated[int | None, typer.Option(min=0, help="default: QUOTA_ACTIVE_GENERATIONS")] = None,
+    daily_seconds: Annotated[float | None, typer.Option(min=0, help="default: QUOTA_DAILY_AUDIO_SECONDS")] = None,
+    stored_bytes: Annotated[int | None, typer.Option(min=0, help="default: QUOTA_STORED_BYTES")] = None,
+) -> None:
+    """Create a key; its secret is printed once, alone on the last line (store it now: only a hash is kept)."""
+    from motif.service.keys import KeyCommandError, create_key
+
+    db = _migrated_database()
+    try:
+        row, secret = create_key(db, name, admin, rate_per_minute=rate_per_minute, max_active_generations=max_active,
+                                 daily_audio_seconds=daily_seconds, max_stored_bytes=stored_bytes)  # fmt: skip
+    except KeyCommandError as error:
+        _fail(error)
+    console.print(f"created {'admin ' if admin else ''}key {row.name!r}; its secret (shown once) is on stdout")
+    typer.echo(secret)
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    """Every key: name, admin, created, revoked (secrets are never shown again)."""
+    from motif.service.keys import list_keys
+
+    table = Table("name", "admin", "created", "revoked")
+    for row in list_keys(_migrated_database()):
+        revoked = row.revoked_at.isoformat(timespec="seconds") if row.revoked_at else ""
+        table.add_row(row.name, "yes" if row.is_admin else "", row.created_at.isoformat(timespec="seconds"), revoked)
+    Console().print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(name: str) -> None:
+    """Revoke a key: every process sharing the database refuses it from its next request."""
+    from motif.service.keys import KeyCommandError, revoke_key
+
+    try:
+        revoke_key(_migrated_database(), name)
+    except KeyCommandError as error:
+        _fail(error)
+    typer.echo(f"revoked {name}")
+
+
+def _migrated_database() -> Database:
+    """The database, upgraded first when AUTO_MIGRATE allows (as a server start would), else checked."""
+    from motif.service.migrations import SchemaError
+
+    db = _database()
+    try:
+        db.migrate() if _settings().auto_migrate else db.check_schema()
+    except SchemaError as error:
+        _fail(error)
+    return db
 
 
 if __name__ == "__main__":

@@ -50,18 +50,47 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(4, ge=1, le=64, description="generation jobs decoded together")
 
     # Service
-    host: str = "0.0.0.0"
+    host: str | None = Field(None, description="default: 127.0.0.1, or 0.0.0.0 when REQUIRE_API_KEY is on")
     port: int = 8000
     data_dir: Path = Path("data")
     database_url: str | None = Field(None, description="SQLAlchemy URL; default sqlite in DATA_DIR")
     max_job_attempts: int = Field(3, ge=1)
     embedding_wait_seconds: float = Field(10.0, ge=0, description="GET /embedding waits this long")
     log_level: str = "INFO"
+    auto_migrate: bool = Field(True, description="upgrade the schema at start; false: refuse an old one")
+
+    # API keys, quotas and retention (quotas bind keys that are not admin, when keys are required)
+    require_api_key: bool = False
+    quota_requests_per_minute: int = Field(600, ge=0, description="per key; 0 = unlimited")
+    quota_active_generations: int = Field(8, ge=0, description="queued + running per key; 0 = unlimited")
+    quota_daily_audio_seconds: float = Field(3600.0, ge=0, description="generated per key per 24 h; 0 = unlimited")
+    quota_stored_bytes: int = Field(5 * 1024 * MiB, ge=0, description="uploads + results per key; 0 = unlimited")
+    max_queued_jobs: int = Field(1000, ge=1, description="generations queued server-wide before 503")
+    rate_limit_storage_url: str = Field("memory://", description="`limits` storage: memory:// or redis://...")
+    result_retention_days: float = Field(30.0, ge=0, description="generated results expire; 0 = kept")
+    upload_retention_days: float = Field(0.0, ge=0, description="uploads (and their results) expire; 0 = kept")
+    retention_sweep_seconds: float = Field(300.0, gt=0, description="how often expired data is removed")
+
+    # Observability (logs, metrics, error ids)
+    log_format: Literal["text", "json"] = Field(
+        "text", description="text: human-readable lines; json: one JSON object per line"
+    )
+    metrics_enabled: bool = Field(True, description="serve Prometheus metrics at GET /metrics")
 
     @field_validator("log_level")
     @classmethod
     def _upper(cls, value: str) -> str:
         return value.upper()
+
+    @field_validator("host", "database_url", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: str | None) -> str | None:
+        return value or None
+
+    @property
+    def bind_host(self) -> str:
+        """Loopback unless keys protect the API or HOST says otherwise."""
+        return self.host or ("0.0.0.0" if self.require_api_key else "127.0.0.1")
 
     @property
     def sqlite_path(self) -> Path:

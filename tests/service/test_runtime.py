@@ -18,7 +18,7 @@ from motif.service import library
 from motif.service.ingest import clean_filename, ingest_upload
 from motif.service.jobs import JobStatus
 from motif.service.runtime import DataDirBusyError, Services, close_services, open_services
-from motif.service.store import AudioRow
+from motif.service.store import EVERYONE, AudioRow
 from tests.service.conftest import tiny_settings, wait_until
 from tests.synth import music_like, write_format
 
@@ -43,7 +43,7 @@ def _status(services: Services, job_id: str) -> str:
 
 
 def _generate(services: Services, audio_id: str, duration: float) -> str:
-    job = library.create_generation(services, audio_id, {"duration": duration, "seed": 1})
+    job = library.create_generation(services, EVERYONE, audio_id, {"duration": duration, "seed": 1})
     assert job is not None
     return job.id
 
@@ -51,7 +51,8 @@ def _generate(services: Services, audio_id: str, duration: float) -> str:
 def test_the_embedding_worker_stores_the_same_vector_as_the_engine(services: Services, tmp_path: Path) -> None:
     row = _upload(services, tmp_path)
     assert row.filename == "song.flac" and row.sample_rate == 44_100  # the client's path is dropped
-    found = wait_until(lambda: library.lookup_embedding(services, row.id, False).embedding, what="the embedding")
+    found = wait_until(lambda: library.lookup_embedding(services, EVERYONE, row.id, False).embedding,
+                       what="the embedding")
     decoded = load_audio(tmp_path / "song.flac")
     expected = services.engine.embed_audio(decoded.samples, decoded.sample_rate)
     assert found.dim == 512 and np.allclose(found.array(), expected, atol=1e-6)
@@ -171,7 +172,8 @@ def test_a_new_embedding_model_embeds_the_existing_uploads_after_a_restart(model
     other = settings.model_copy(update={"embedding_model": str(build_tiny_clap(model_cache))})  # another model id
     services = open_services(other)
     try:
-        found = wait_until(lambda: library.lookup_embedding(services, row.id, False).embedding, what="the backfill")
+        found = wait_until(lambda: library.lookup_embedding(services, EVERYONE, row.id, False).embedding,
+                           what="the backfill")
         assert found.model == other.embedding_model
     finally:
         close_services(services)

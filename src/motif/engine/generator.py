@@ -11,6 +11,7 @@ token sequence is decoded by EnCodec in one go at the end.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -88,8 +89,14 @@ class MusicGenerator:
 
     # ---------------------------------------------------------------- the loop
 
-    def run(self, tasks: list[DecodeTask], take_more: Callable[[int], list[DecodeTask]] | None = None) -> None:
-        """Decode tasks (and those take_more adds between steps) until all are done; results go to on_done."""
+    def run(
+        self, tasks: list[DecodeTask], take_more: Callable[[int], list[DecodeTask]] | None = None,
+        on_step: Callable[[int, float], None] | None = None,
+    ) -> None:  # fmt: skip
+        """Decode tasks (and those take_more adds between steps) until all are done; results go to on_done.
+
+        `on_step(n_tasks, seconds)` hears of each decode step: how many tasks it advanced and its wall time.
+        """
         active: list[_Active] = []
         waiting = list(tasks)
         while True:
@@ -105,7 +112,10 @@ class MusicGenerator:
                 active.append(state)
             if not active:
                 return
+            n_tasks, started = len(active), time.perf_counter()
             self._step(active)
+            if on_step is not None:
+                on_step(n_tasks, time.perf_counter() - started)
 
     def _step(self, active: list[_Active]) -> None:
         tokens = torch.stack([a.window.seq[:, a.window.pos] for a in active for _ in range(2)])  # type: ignore[union-attr]

@@ -1,7 +1,8 @@
 """The decode step's CPU kernels (kernels.c, AVX-512): int8 and bf16 projections, attention, a whole step.
 
-Compiled once per machine with gcc into ~/.cache/motif/kernels and called through ctypes (motif.engine.cpuops
-wraps them for torch tensors). Where that is impossible (no gcc, no AVX512-VNNI) `load_kernel` returns None
+Compiled once per user with gcc into a private cache ($XDG_CACHE_HOME/motif/kernels, checked before every
+load: motif.engine.kernel_cache) and called through ctypes (motif.engine.cpuops wraps them for torch tensors).
+Where that is impossible (no gcc, no AVX512-VNNI) `load_kernel` returns None
 and callers take their torch paths. OpenMP comes from the libgomp torch already loaded (same soname), so the
 kernels and torch share one thread pool instead of fighting over two cores.
 
@@ -18,13 +19,13 @@ Weights are streamed once per call in tiles of 4 x 16 output channels, so 1-8 ro
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import logging
-import os
 import shutil
 import subprocess
 import threading
 from pathlib import Path
+
+from motif.engine.kernel_cache import load_or_build
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +57,6 @@ def cpu_has_bf16_dot() -> bool:
     return "avx512_bf16" in _cpu_flags()
 
 
-def _kernel_dir() -> Path:
-    return Path.home() / ".cache" / "motif" / "kernels"
-
-
 def load_kernel() -> ctypes.CDLL | None:
     """The compiled kernel, building it on first use; None (and a logged reason) where it cannot run."""
     global _library, _library_error
@@ -80,24 +77,7 @@ def _build() -> ctypes.CDLL:
     compiler = shutil.which("gcc") or shutil.which("cc")
     if compiler is None:
         raise RuntimeError("no C compiler (gcc) on PATH")
-    code = _SOURCE_FILE.read_text()
-    digest = hashlib.sha256((code + " ".join(_FLAGS)).encode()).hexdigest()[:16]
-    target = _kernel_dir() / f"kernels-{digest}.so"
-    if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        source = target.with_suffix(f".{os.getpid()}.c")
-        source.write_text(code)
-        tmp = target.with_suffix(f".{os.getpid()}.so")
-        try:
-            subprocess.run([compiler, *_FLAGS, str(source), "-o", str(tmp), "-lm"], check=True,
-                           capture_output=True, timeout=120)  # fmt: skip
-            os.replace(tmp, target)  # atomic: a concurrent builder never sees half a library
-        except subprocess.CalledProcessError as error:
-            raise RuntimeError(f"gcc failed: {error.stderr.decode(errors='replace')[-500:]}") from error
-        finally:
-            source.unlink(missing_ok=True)
-            tmp.unlink(missing_ok=True)
-    library = ctypes.CDLL(str(target))
+    library = load_or_build(_SOURCE_FILE.read_text(), "kernels", compiler, _FLAGS)
     library.decode_attention.restype = None
     library.decode_attention.argtypes = [
         ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p,

@@ -179,8 +179,11 @@ class Engine:
         self,
         jobs: list[GenerationJob],
         take_more: Callable[[int], list[GenerationJob]] | None = None,
+        on_step: Callable[[int, float], None] | None = None,
     ) -> None:
         """Decode jobs together until all are done, calling each job's `on_done` as it finishes.
+
+        `on_step(n_jobs, seconds)` is told about each decode step (for metrics).
 
         `take_more(n_free)` is called at each joining opportunity and returns up to n_free new
         jobs that join the running batch. Each job keeps its own seeded stream, so its audio does
@@ -195,7 +198,7 @@ class Engine:
             return
         more = None if take_more is None else (lambda n: self._plan_all(take_more(n)))
         with self._decode_lock:
-            generator.run(self._plan_all(jobs), more)
+            generator.run(self._plan_all(jobs), more, on_step)
 
     def _plan_all(self, jobs: list[GenerationJob]) -> list[DecodeTask]:
         tasks = []

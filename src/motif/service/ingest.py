@@ -32,12 +32,13 @@ def clean_filename(name: str | None) -> str:
     return name[:MAX_FILENAME_CHARS] or "upload"
 
 
-def ingest_upload(services: Services, staged: Path, filename: str, size: int) -> AudioRow:
+def ingest_upload(services: Services, staged: Path, filename: str, size: int, owner: str | None = None) -> AudioRow:
     """Decode, analyse and store a fully received upload; runs in a worker thread, never on the event loop.
 
-    `staged` is a temp file in the blob store's staging area; on success it is moved into uploads/. The
-    upload is decoded once, straight to 32 kHz mono within the settings' DecodeLimits; the analysis and
-    the stored copy both use that signal, so memory is bounded by MAX_DURATION at 32 kHz.
+    `staged` is a temp file in the blob store's staging area; on success it is moved into uploads/.
+    `owner` is the uploading key's id (None when keys are off). The upload is decoded once, straight to
+    32 kHz mono within the settings' DecodeLimits; the analysis and the stored copy both use that signal,
+    so memory is bounded by MAX_DURATION at 32 kHz.
     Raises the AudioError subclasses of `load_audio` (the API maps them to 413/415/422).
     """
     from motif.analysis import analyze  # scipy, FFmpeg: imported by the first upload, not at start-up
@@ -51,10 +52,10 @@ def ingest_upload(services: Services, staged: Path, filename: str, size: int) ->
     audio_id = new_id()
     upload_key = f"uploads/{audio_id}{_SUFFIXES.get(decoded.container, '.bin')}"
     processed_key = f"processed/{audio_id}.npy"
-    row = AudioRow(id=audio_id, filename=clean_filename(filename), size_bytes=size, duration=decoded.duration,
-                   sample_rate=decoded.source_sample_rate, channels=decoded.source_channels, codec=decoded.codec,
-                   container=decoded.container, analysis=analysis, upload_key=upload_key,
-                   processed_key=processed_key)  # fmt: skip
+    row = AudioRow(id=audio_id, owner=owner, filename=clean_filename(filename), size_bytes=size,
+                   duration=decoded.duration, sample_rate=decoded.source_sample_rate,
+                   channels=decoded.source_channels, codec=decoded.codec, container=decoded.container,
+                   analysis=analysis, upload_key=upload_key, processed_key=processed_key)  # fmt: skip
     try:
         with blobs.staging("processed") as npy:
             with open(npy, "wb") as file:  # straight to disk: no copy in memory
@@ -63,7 +64,7 @@ def ingest_upload(services: Services, staged: Path, filename: str, size: int) ->
         blobs.put_file(upload_key, staged)
         with services.db.transaction() as session:
             session.add(row)
-            services.queue.enqueue(session, JobKind.EMBEDDING, audio_id)
+            services.queue.enqueue(session, JobKind.EMBEDDING, audio_id, owner=owner)
     except BaseException:
         blobs.delete(processed_key)
         blobs.delete(upload_key)

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import case, func, select, update
+from sqlalchemy import Subquery, case, func, select, update
 from sqlalchemy.orm import Session
 
-from motif.service.store import Database, JobRow, new_id, utcnow
+from motif.service.store import AudioRow, Database, JobRow, new_id, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +60,12 @@ class JobQueue:
         self.db = db
         self.max_attempts = max_attempts
 
-    def enqueue(self, session: Session, kind: JobKind, audio_id: str, params: dict[str, Any] | None = None) -> JobRow:
+    def enqueue(
+        self, session: Session, kind: JobKind, audio_id: str, params: dict[str, Any] | None = None,
+        owner: str | None = None,
+    ) -> JobRow:  # fmt: skip
         """Add a queued job inside the caller's transaction (so it commits with what it belongs to)."""
-        row = JobRow(id=new_id(), kind=kind.value, audio_id=audio_id, status=JobStatus.QUEUED.value,
+        row = JobRow(id=new_id(), kind=kind.value, audio_id=audio_id, owner=owner, status=JobStatus.QUEUED.value,
                      params=params or {}, progress=0.0, attempts=0, cancel_requested=False)  # fmt: skip
         session.add(row)
         session.flush()
@@ -82,7 +85,8 @@ class JobQueue:
             .limit(1)
         )
         if latest is None or latest.status == JobStatus.COMPLETED.value:  # none, or a vector of another model
-            return self.enqueue(session, JobKind.EMBEDDING, audio_id)
+            owner = session.scalar(select(AudioRow.owner).where(AudioRow.id == audio_id))
+            return self.enqueue(session, JobKind.EMBEDDING, audio_id, owner=owner)
         if latest.error_code == ErrorCode.INTERRUPTED.value:
             return latest
         if latest.status in (JobStatus.FAILED.value, JobStatus.CANCELLED.value):
@@ -96,16 +100,15 @@ class JobQueue:
             return session.scalar(select(JobRow).where(JobRow.id == job_id))
 
     def claim(self, kind: JobKind, n: int) -> list[JobRow]:
-        """Atomically move up to n oldest queued jobs of `kind` to processing; returns them, oldest first."""
+        """Atomically move up to n queued jobs of `kind` to processing, in fair order; returns them, oldest first.
+
+        Fair order takes each owner's oldest job before anyone's second (see `_turns`), so one key's hundred
+        queued jobs do not starve another key's one.
+        """
         if n <= 0:
             return []
-        oldest = (
-            select(JobRow.seq)
-            .where(JobRow.kind == kind.value, JobRow.status == JobStatus.QUEUED.value)
-            .order_by(JobRow.seq)
-            .limit(n)
-            .scalar_subquery()
-        )
+        turns = _turns(kind)
+        oldest = select(turns.c.seq).order_by(turns.c.turn, turns.c.seq).limit(n).scalar_subquery()
         now = utcnow()
         claim = (
             update(JobRow)
@@ -136,13 +139,13 @@ class JobQueue:
 
     def complete(
         self, job_id: str, result: dict[str, Any] | None = None, output_key: str | None = None,
-        session: Session | None = None,
+        session: Session | None = None, output_bytes: int | None = None,
     ) -> bool:  # fmt: skip
         """processing -> completed. False when the job is no longer processing (deleted, cancelled).
 
         With `session`, the change joins the caller's transaction (e.g. with the embedding it produced).
         """
-        values = dict(progress=100.0, result=result, output_key=output_key)
+        values = dict(progress=100.0, result=result, output_key=output_key, output_bytes=output_bytes)
         if session is not None:
             return self._finish_in(session, job_id, JobStatus.COMPLETED, values)
         with self.db.transaction() as own:
@@ -230,18 +233,24 @@ class JobQueue:
         return Recovery(requeued, failed, cancelled)
 
     def queue_position(self, job: JobRow) -> int | None:
-        """1 = next to start; 0 = running; None = finished."""
-        if job.status == JobStatus.PROCESSING.value:
-            return 0
-        if job.status != JobStatus.QUEUED.value:
-            return None
-        with self.db.session() as session:
-            ahead = session.scalar(
-                select(func.count())
-                .select_from(JobRow)
-                .where(JobRow.kind == job.kind, JobRow.status == JobStatus.QUEUED.value, JobRow.seq < job.seq)
-            )
-        return (ahead or 0) + 1
+        """1 = next to start (in the fair order `claim` uses); 0 = running; None = finished."""
+        return self.queue_positions([job]).get(job.id)
+
+    def queue_positions(self, jobs: list[JobRow]) -> dict[str, int | None]:
+        """`queue_position` of several jobs in one query per job kind (for lists)."""
+        out: dict[str, int | None] = {job.id: _position_if_not_queued(job) for job in jobs}
+        queued = [job for job in jobs if job.status == JobStatus.QUEUED.value]
+        for kind in {job.kind for job in queued}:
+            turns = _turns(JobKind(kind))
+            mine = [job for job in queued if job.kind == kind]
+            place = func.row_number().over(order_by=(turns.c.turn, turns.c.seq)).label("place")
+            ranked = select(turns.c.seq, place).subquery()
+            query = select(ranked.c.seq, ranked.c.place).where(ranked.c.seq.in_([job.seq for job in mine]))
+            with self.db.session() as session:
+                position = {seq: place for seq, place in session.execute(query)}
+            for job in mine:
+                out[job.id] = position.get(job.seq)  # None: claimed in the meantime
+        return out
 
     def depth(self) -> dict[str, dict[str, int]]:
         """{kind: {"queued": n, "processing": n}}."""
@@ -253,3 +262,17 @@ class JobQueue:
             for kind, status, count in session.execute(query):
                 out.setdefault(kind, {"queued": 0, "processing": 0})[status] = count
         return out
+
+
+def _turns(kind: JobKind) -> Subquery:
+    """Queued jobs of `kind` with their owner's turn: 1 for each owner's oldest, 2 for its next, ...
+
+    Ordered by (turn, seq), owners take turns; within one owner, jobs keep their order.
+    """
+    turn = func.row_number().over(partition_by=JobRow.owner, order_by=JobRow.seq).label("turn")
+    return (select(JobRow.seq, turn)
+            .where(JobRow.kind == kind.value, JobRow.status == JobStatus.QUEUED.value).subquery())  # fmt: skip
+
+
+def _position_if_not_queued(job: JobRow) -> int | None:
+    return 0 if job.status == JobStatus.PROCESSING.value else None

@@ -1,6 +1,7 @@
 """What the routes ask of the service: uploads, their embeddings and generations, deletion, search.
 
 Plain functions over `Services`; they run in worker threads (FastAPI's pool), never on the event loop.
+Each takes the caller's `Scope`: another tenant's upload or generation is as absent as an unknown one.
 """
 
 from __future__ import annotations
@@ -18,12 +19,14 @@ from motif.service.store import (
     AudioRow,
     EmbeddingRow,
     JobRow,
+    Scope,
     all_embeddings,
     count_audio,
     get_embedding,
     list_audio,
     utcnow,
 )
+from motif.service.store import get_audio as get_audio_row
 
 RETRY_FAILED_AFTER = 30.0  # seconds before a failed embedding is tried again on request
 
@@ -40,14 +43,14 @@ class Match:
     score: float  # cosine similarity, -1..1
 
 
-def get_audio(services: Services, audio_id: str) -> AudioRow | None:
+def get_audio(services: Services, scope: Scope, audio_id: str) -> AudioRow | None:
     with services.db.session() as session:
-        return session.get(AudioRow, audio_id)
+        return get_audio_row(session, scope, audio_id)
 
 
-def audio_page(services: Services, limit: int, offset: int) -> tuple[list[AudioRow], int]:
+def audio_page(services: Services, scope: Scope, limit: int, offset: int) -> tuple[list[AudioRow], int]:
     with services.db.session() as session:
-        return list_audio(session, limit, offset), count_audio(session)
+        return list_audio(session, scope, limit, offset), count_audio(session, scope)
 
 
 def embedding_statuses(services: Services, audio_ids: list[str]) -> dict[str, str]:
@@ -58,13 +61,13 @@ def embedding_statuses(services: Services, audio_ids: list[str]) -> dict[str, st
         return {audio_id: status for audio_id, status in session.execute(query)}
 
 
-def lookup_embedding(services: Services, audio_id: str, retry_failed: bool) -> EmbeddingLookup | None:
+def lookup_embedding(services: Services, scope: Scope, audio_id: str, retry_failed: bool) -> EmbeddingLookup | None:
     """The upload's vector, or the job making it: queued if there is none; with `retry_failed`, a job that
     failed more than RETRY_FAILED_AFTER seconds ago is re-queued (the model may be back). None: no upload.
     """
     model, version = services.settings.embedding_model, services.engine.pipeline_version
     with services.db.transaction() as session:
-        if session.get(AudioRow, audio_id) is None:
+        if get_audio_row(session, scope, audio_id) is None:
             return None
         row = get_embedding(session, audio_id, model, version)
         if row is not None:
@@ -85,10 +88,10 @@ def _failed_long_ago(job: JobRow) -> bool:
     return job.status == JobStatus.FAILED.value and job.finished_at is not None and job.finished_at < cutoff
 
 
-def delete_audio(services: Services, audio_id: str) -> bool:
+def delete_audio(services: Services, scope: Scope, audio_id: str) -> bool:
     """Remove the upload's row (its embeddings and generations cascade), then its files. False if unknown."""
     with services.db.transaction() as session:
-        audio = session.get(AudioRow, audio_id)
+        audio = get_audio_row(session, scope, audio_id)
         if audio is None:
             return False
         jobs = list(session.scalars(select(JobRow).where(JobRow.audio_id == audio_id)))
@@ -102,26 +105,27 @@ def delete_audio(services: Services, audio_id: str) -> bool:
     return True
 
 
-def create_generation(services: Services, audio_id: str, params: dict[str, Any]) -> JobRow | None:
-    """Queue a generation of the upload; None when the upload does not exist."""
+def create_generation(services: Services, scope: Scope, audio_id: str, params: dict[str, Any]) -> JobRow | None:
+    """Queue a generation of the upload, owned by the caller; None when the upload does not exist (for it)."""
     with services.db.transaction() as session:
-        if session.get(AudioRow, audio_id) is None:
+        if get_audio_row(session, scope, audio_id) is None:
             return None
-        job = services.queue.enqueue(session, JobKind.GENERATION, audio_id, params)
+        job = services.queue.enqueue(session, JobKind.GENERATION, audio_id, params, owner=scope.owner)
     services.workers.wake(JobKind.GENERATION)
     return job
 
 
-def get_generation(services: Services, generation_id: str) -> JobRow | None:
-    job = services.queue.get(generation_id)
-    return job if job is not None and job.kind == JobKind.GENERATION.value else None
+def get_generation(services: Services, scope: Scope, generation_id: str) -> JobRow | None:
+    with services.db.session() as session:
+        return session.scalar(select(JobRow).where(JobRow.id == generation_id, scope.where(JobRow.owner),
+                                                   JobRow.kind == JobKind.GENERATION.value))  # fmt: skip
 
 
 def generation_page(
-    services: Services, audio_id: str | None, status: JobStatus | None, limit: int, offset: int
+    services: Services, scope: Scope, audio_id: str | None, status: JobStatus | None, limit: int, offset: int
 ) -> tuple[list[JobRow], int]:
     """Newest first."""
-    where = [JobRow.kind == JobKind.GENERATION.value]
+    where = [JobRow.kind == JobKind.GENERATION.value, scope.where(JobRow.owner)]
     if audio_id is not None:
         where.append(JobRow.audio_id == audio_id)
     if status is not None:
@@ -132,14 +136,16 @@ def generation_page(
         return list(rows), total
 
 
-def nearest(services: Services, query: np.ndarray, k: int, exclude: str | None = None) -> list[Match]:
-    """The k uploads whose vectors are closest to `query` ((dim,) unit vector) by cosine, best first.
+def nearest(
+    services: Services, scope: Scope, query: np.ndarray, k: int, exclude: str | None = None
+) -> list[Match]:
+    """The k uploads `scope` may see whose vectors are closest to `query` ((dim,) unit vector), best first.
 
     Brute force over every stored vector of the configured model: fine to ~100k uploads.
     """
     model, version = services.settings.embedding_model, services.engine.pipeline_version
     with services.db.session() as session:
-        ids, vectors = all_embeddings(session, model, version)
+        ids, vectors = all_embeddings(session, model, version, scope)
         if not ids or vectors.shape[1] != query.shape[0]:
             return []
         norms = np.linalg.norm(vectors, axis=1) * max(float(np.linalg.norm(query)), 1e-12)
@@ -151,7 +157,7 @@ def nearest(services: Services, query: np.ndarray, k: int, exclude: str | None =
     return [Match(rows[ids[i]], float(scores[i])) for i in order if ids[i] in rows]
 
 
-def search_text(services: Services, text: str, k: int) -> list[Match]:
+def search_text(services: Services, scope: Scope, text: str, k: int) -> list[Match]:
     """Uploads nearest to a text query in CLAP's joint space. Raises ModelUnavailableError."""
     query = services.engine.embed_text([text])[0]
-    return nearest(services, query, k)
+    return nearest(services, scope, query, k)

@@ -1,22 +1,25 @@
-"""Metadata in SQL (SQLAlchemy 2.x): tables, connection set-up, schema versions, and the few queries on audio.
+"""Metadata in SQL (SQLAlchemy 2.x): tables, connection set-up, and the few queries on audio.
 
 The embedded default is SQLite in WAL mode under DATA_DIR; any SQLAlchemy URL works (PostgreSQL later).
-Jobs live here as rows too; their state machine is `motif.service.jobs`.
+Jobs live here as rows too; their state machine is `motif.service.jobs`. Schema changes are Alembic
+revisions (`motif.service.migrations`): every change to the tables below gets a new revision there.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
-    Connection,
+    ColumnElement,
     DateTime,
     Float,
     ForeignKey,
@@ -29,9 +32,8 @@ from sqlalchemy import (
     create_engine,
     event,
     func,
-    inspect,
     select,
-    text,
+    true,
 )
 from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
@@ -44,6 +46,24 @@ def new_id() -> str:
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Whose rows a caller sees: one key's (`owner`), or everyone's (admin keys; no keys required).
+
+    Every query on uploads and jobs takes one, so tenant isolation lives here and not in each route.
+    """
+
+    owner: str | None
+    sees_all: bool
+
+    def where(self, column: Any) -> ColumnElement[bool]:
+        """A filter for `column` (an `owner` column) that keeps only what this scope may see."""
+        return true() if self.sees_all else column == self.owner
+
+
+EVERYONE = Scope(owner=None, sees_all=True)
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -63,12 +83,31 @@ class Base(DeclarativeBase):
     pass
 
 
+class ApiKeyRow(Base):
+    """A client's key. Only the SHA-256 of the secret is stored; `id` is what rows name as their owner."""
+
+    __tablename__ = "api_key"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    secret_hash: Mapped[str] = mapped_column(String(64), unique=True)  # hex SHA-256 of the secret
+    is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # Per-key quota overrides; None = the server's default (Settings.quota_*).
+    rate_per_minute: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    max_active_generations: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    daily_audio_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
+    max_stored_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+
+
 class AudioRow(Base):
     """One accepted upload. `filename` is the client's name, kept as metadata only."""
 
     __tablename__ = "audio"
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    owner: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)  # api_key.id; None: no keys
     filename: Mapped[str] = mapped_column(String(255))
     size_bytes: Mapped[int] = mapped_column(Integer)
     duration: Mapped[float] = mapped_column(Float)  # seconds of decoded audio
@@ -109,11 +148,13 @@ class JobRow(Base):
     id: Mapped[str] = mapped_column(String(32), unique=True, index=True)
     kind: Mapped[str] = mapped_column(String(16))
     audio_id: Mapped[str] = mapped_column(ForeignKey("audio.id", ondelete="CASCADE"), index=True)
+    owner: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)  # api_key.id; None: no keys
     status: Mapped[str] = mapped_column(String(16))
     progress: Mapped[float] = mapped_column(Float, default=0.0)  # 0..100
     params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     output_key: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    output_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)  # size of the result, for quotas
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     error_code: Mapped[str | None] = mapped_column(String(32), nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)  # times a worker started it
@@ -122,14 +163,6 @@ class JobRow(Base):
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
-
-
-# Schema versions. A fresh database gets today's tables and the latest number; an older one runs the
-# steps after its number, in order. Append a step for every change to the tables above (never edit one).
-MIGRATIONS: list[Callable[[Connection], None]] = [
-    lambda conn: Base.metadata.create_all(conn),  # 1: audio, embedding, job
-]
-SCHEMA_VERSION = len(MIGRATIONS)
 
 
 class Database:
@@ -152,22 +185,17 @@ class Database:
         with self._sessions() as session, session.begin():
             yield session
 
-    def migrate(self) -> int:
-        """Bring the schema to SCHEMA_VERSION; returns the version found before (0: a fresh database)."""
-        with self.engine.begin() as conn:
-            conn.execute(text("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"))
-            found = conn.execute(text("SELECT max(version) FROM schema_version")).scalar() or 0
-            if found > SCHEMA_VERSION:
-                raise RuntimeError(f"the database is at schema {found}, newer than this Motif ({SCHEMA_VERSION})")
-            if found == 0 and not inspect(conn).has_table("audio"):
-                Base.metadata.create_all(conn)
-            else:
-                for step in MIGRATIONS[found:]:
-                    step(conn)
-            if found != SCHEMA_VERSION:
-                conn.execute(text("DELETE FROM schema_version"))
-                conn.execute(text("INSERT INTO schema_version (version) VALUES (:v)"), {"v": SCHEMA_VERSION})
-        return found
+    def migrate(self) -> str | None:
+        """Upgrade the schema to the newest revision; returns the revision found before (None: fresh)."""
+        from motif.service.migrations import upgrade
+
+        return upgrade(self.engine)
+
+    def check_schema(self) -> None:
+        """Raise SchemaError (naming the command that fixes it) unless the schema is the newest revision."""
+        from motif.service.migrations import check
+
+        check(self.engine)
 
     def dispose(self) -> None:
         self.engine.dispose()
@@ -184,13 +212,19 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 # ---------------------------------------------------------------- queries on audio and embeddings
 
 
-def count_audio(session: Session) -> int:
-    return session.scalar(select(func.count()).select_from(AudioRow)) or 0
+def get_audio(session: Session, scope: Scope, audio_id: str) -> AudioRow | None:
+    """The upload if `scope` may see it (another tenant's id is as absent as an unknown one)."""
+    return session.scalar(select(AudioRow).where(AudioRow.id == audio_id, scope.where(AudioRow.owner)))
 
 
-def list_audio(session: Session, limit: int, offset: int) -> list[AudioRow]:
+def count_audio(session: Session, scope: Scope) -> int:
+    return session.scalar(select(func.count()).select_from(AudioRow).where(scope.where(AudioRow.owner))) or 0
+
+
+def list_audio(session: Session, scope: Scope, limit: int, offset: int) -> list[AudioRow]:
     """Newest first."""
-    query = select(AudioRow).order_by(AudioRow.created_at.desc(), AudioRow.id).limit(limit).offset(offset)
+    query = (select(AudioRow).where(scope.where(AudioRow.owner))
+             .order_by(AudioRow.created_at.desc(), AudioRow.id).limit(limit).offset(offset))  # fmt: skip
     return list(session.scalars(query))
 
 
@@ -210,12 +244,18 @@ def save_embedding(session: Session, audio_id: str, model: str, pipeline_version
         row.pipeline_version, row.dim, row.vector, row.created_at = pipeline_version, int(vector.size), data, utcnow()
 
 
-def all_embeddings(session: Session, model: str, pipeline_version: str) -> tuple[list[str], np.ndarray]:
-    """Every upload's vector for one model: (ids, (n, dim) float32)."""
-    query = select(EmbeddingRow.audio_id, EmbeddingRow.vector).where(
-        EmbeddingRow.model == model, EmbeddingRow.pipeline_version == pipeline_version
-    )
+def all_embeddings(
+    session: Session, model: str, pipeline_version: str, scope: Scope = EVERYONE
+) -> tuple[list[str], np.ndarray]:
+    """Every vector of one model that `scope` may see: (audio ids, (n, dim) float32)."""
+    query = (
+        select(EmbeddingRow.audio_id, EmbeddingRow.vector)
+        .join(AudioRow, AudioRow.id == EmbeddingRow.audio_id)
+        .where(EmbeddingRow.model == model, EmbeddingRow.pipeline_version == pipeline_version,
+               scope.where(AudioRow.owner))
+    )  # fmt: skip
     rows = session.execute(query).all()
     if not rows:
         return [], np.zeros((0, 0), dtype=np.float32)
     return [r[0] for r in rows], np.stack([np.frombuffer(r[1], dtype="<f4") for r in rows])
+

@@ -166,9 +166,11 @@ class QueueDepth(BaseModel):
 
 
 class Health(BaseModel):
+    """The details (version, models, queue, workers) go to admins only when keys are required."""
+
     status: str = Field(description="ok: ready; starting: models loading; degraded: a model cannot be loaded")
     ready: bool
-    version: str
-    models: list[ModelHealth]
-    queue: dict[str, QueueDepth]
-    workers: dict[str, bool] = Field(description="worker thread alive, per job kind")
+    version: str | None = None
+    models: list[ModelHealth] | None = None
+    queue: dict[str, QueueDepth] | None = None
+    workers: dict[str, bool] | None = Field(default=None, description="worker thread alive, per job kind")

@@ -13,6 +13,7 @@ from motif.service import library
 from motif.service.api.schemas import JobPending
 from motif.service.jobs import JobStatus
 from motif.service.runtime import Services
+from motif.service.store import Scope
 
 RECHECK_INTERVAL = 1.0  # seconds; also covers jobs finished by another process
 RETRY_AFTER = 2  # seconds suggested to a client that got a 202
@@ -24,7 +25,7 @@ class EmbeddingFailed(Exception):
         self.code = code
 
 
-async def wait_for_embedding(services: Services, audio_id: str) -> library.EmbeddingLookup | None:
+async def wait_for_embedding(services: Services, scope: Scope, audio_id: str) -> library.EmbeddingLookup | None:
     """The upload's embedding within EMBEDDING_WAIT_SECONDS, or its unfinished job. None: no such upload.
 
     A job that failed a while ago is re-queued once (the model may be back); raises EmbeddingFailed with
@@ -33,7 +34,7 @@ async def wait_for_embedding(services: Services, audio_id: str) -> library.Embed
     deadline = time.monotonic() + services.settings.embedding_wait_seconds
     retry = True
     while True:
-        found = await run_in_threadpool(library.lookup_embedding, services, audio_id, retry)
+        found = await run_in_threadpool(library.lookup_embedding, services, scope, audio_id, retry)
         retry = False
         if found is None or found.embedding is not None or found.job is None:
             return found
@@ -52,13 +53,13 @@ async def wait_for_embedding(services: Services, audio_id: str) -> library.Embed
             services.events.unsubscribe(job.id, event)
 
 
-async def ready_embedding(services: Services, audio_id: str) -> library.EmbeddingLookup | JSONResponse:
+async def ready_embedding(services: Services, scope: Scope, audio_id: str) -> library.EmbeddingLookup | JSONResponse:
     """For routes that need an upload's vector: the lookup with its embedding, or the 202 to return.
 
     Raises HTTPException 404 for an unknown upload and 503 with the reason when its embedding failed.
     """
     try:
-        found = await wait_for_embedding(services, audio_id)
+        found = await wait_for_embedding(services, scope, audio_id)
     except EmbeddingFailed as error:
         raise HTTPException(503, str(error)) from error
     if found is None:

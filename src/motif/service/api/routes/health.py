@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated
+
+from fastapi import APIRouter, Depends
 
 from motif import __version__
 from motif.service.api.deps import ServicesDep
 from motif.service.api.schemas import Health, ModelHealth, QueueDepth
+from motif.service.api.security import presented_principal
+from motif.service.keys import Principal
+from motif.service.redact import scrub_paths
 
 router = APIRouter(tags=["health"])
 
 
-@router.get("/health", response_model=Health)
-def health(services: ServicesDep) -> Health:
-    """Always 200 while the process serves; `ready` says whether jobs can run now."""
-    models = [ModelHealth(role=m.role, model_id=m.model_id, state=m.state, detail=m.detail)
+@router.get("/health", response_model=Health, response_model_exclude_none=True)
+def health(services: ServicesDep, caller: Annotated[Principal | None, Depends(presented_principal)]) -> Health:
+    """Always 200 while the process serves; `ready` says whether jobs can run now. Open to anyone;
+    the details are for admin keys when keys are required."""
+    models = [ModelHealth(role=m.role, model_id=scrub_paths(m.model_id), state=m.state, detail=scrub_paths(m.detail))
               for m in services.model_states()]  # fmt: skip
     workers = services.workers.alive()
     ready = all(m.state == "loaded" for m in models) and all(workers.values())
@@ -24,5 +30,7 @@ def health(services: ServicesDep) -> Health:
         status = "degraded"
     else:
         status = "starting"
+    if caller is None or not caller.is_admin:
+        return Health(status=status, ready=ready)
     queue = {kind: QueueDepth(**depth) for kind, depth in services.queue.depth().items()}
     return Health(status=status, ready=ready, version=__version__, models=models, queue=queue, workers=workers)
