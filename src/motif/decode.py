@@ -84,7 +84,7 @@ class DecodeLimits:
 
 @dataclass(frozen=True)
 class DecodedAudio:
-    samples: np.ndarray  # (frames,) float32 mono in [-1, 1], finite
+    samples: np.ndarray  # (frames,) float32 mono in [-1, 1], finite; (frames, 2) when decoded with stereo
     sample_rate: int  # Hz of `samples`
     duration: float  # seconds of decoded audio
     source_sample_rate: int  # Hz of the upload's audio stream
@@ -178,8 +178,12 @@ def load_audio(
     limits: DecodeLimits | None = None,
     max_duration: float | None = None,
     min_duration: float | None = None,
+    stereo: bool = False,
 ) -> DecodedAudio:
     """Decode the first audio stream of `source` to mono float32 at `sample_rate` Hz (None: native).
+
+    With `stereo`, a source of two or more channels comes out as (frames, 2): left the mean of its even
+    channels, right of its odd ones (FFmpeg orders them FL, FR, FC, LFE, ...); a mono source stays (frames,).
 
     `source` is a path, bytes, or a binary file read from its current position. The format is detected
     from content only. Channels are averaged and the result resampled block by block as frames arrive;
@@ -200,7 +204,7 @@ def load_audio(
                               limits.max_sample_rate, limits.max_channels, limits.max_samples)  # fmt: skip
     with _open_container(source) as container:
         stream = _audio_stream(container)
-        decoder = _StreamDecoder(sample_rate, limits)
+        decoder = _StreamDecoder(sample_rate, limits, stereo)
         decoder.run(container, stream)
         codec, container_name = stream.codec_context.name, container.format.name
     samples = decoder.result()
@@ -219,8 +223,9 @@ class _StreamDecoder:
     and resampled together (per-frame numpy calls would cost more than decoding a small frame).
     """
 
-    def __init__(self, target_rate: int | None, limits: DecodeLimits) -> None:
-        self.target_rate, self.limits = target_rate, limits
+    def __init__(self, target_rate: int | None, limits: DecodeLimits, stereo: bool = False) -> None:
+        self.target_rate, self.limits, self.stereo = target_rate, limits, stereo
+        self.out_channels = 1
         self.source_rate = self.source_channels = 0
         self.seconds = 0.0  # decoded so far
         self.n_values = self.n_nonfinite = 0  # decoded values (all channels), bad values among them
@@ -306,12 +311,13 @@ class _StreamDecoder:
 
     def _start(self, rate: int, channels: int) -> None:
         self.source_rate, self.source_channels = rate, channels
+        self.out_channels = 2 if self.stereo and channels > 1 else 1
         out_rate = self.target_rate or rate
         if out_rate != rate:
-            self._stream = soxr.ResampleStream(rate, out_rate, 1, dtype="float32")
+            self._stream = soxr.ResampleStream(rate, out_rate, self.out_channels, dtype="float32")
         # Untouched pages of the buffer are never resident: memory follows what is decoded.
-        self._out = np.empty(math.ceil((self.limits.max_duration + DURATION_SLACK) * out_rate) + OUTPUT_MARGIN,
-                             dtype=np.float32)  # fmt: skip
+        n_frames = math.ceil((self.limits.max_duration + DURATION_SLACK) * out_rate) + OUTPUT_MARGIN
+        self._out = np.empty((n_frames, self.out_channels) if self.out_channels > 1 else n_frames, dtype=np.float32)
 
     def _check_totals(self) -> None:
         limits = self.limits
@@ -338,10 +344,13 @@ class _StreamDecoder:
         if not planar:  # packed formats come as (1, samples * channels), interleaved
             data = data.reshape(-1, channels).T
         for start in range(0, data.shape[1], BLOCK_FRAMES):  # a huge frame is converted in slices too
-            mono = self._downmix(data[:, start : start + BLOCK_FRAMES])
+            block = data[:, start : start + BLOCK_FRAMES]
+            chunk = self._downmix(block[0::2] if self.out_channels == 2 else block)
+            if self.out_channels == 2:  # left from the even channels, right from the odd ones
+                chunk = np.stack([chunk, self._downmix(block[1::2]) if block.shape[0] > 1 else chunk], axis=1)
             if rate != self.source_rate:  # rare: a rate change mid-stream
-                mono = soxr.resample(mono, rate, self.source_rate).astype(np.float32)
-            self._emit(self._stream.resample_chunk(mono) if self._stream else mono)
+                chunk = soxr.resample(chunk, rate, self.source_rate).astype(np.float32)
+            self._emit(self._stream.resample_chunk(chunk) if self._stream else chunk)
 
     def _downmix(self, block: np.ndarray) -> np.ndarray:
         """(channels, n) in FFmpeg's sample format -> (n,) float32 mean at full scale 1.0; NaN/Inf zeroed, counted.
@@ -366,7 +375,8 @@ class _StreamDecoder:
     def _emit(self, chunk: np.ndarray) -> None:
         end = self._n_out + chunk.shape[0]
         if end > self._out.shape[0]:  # only a resampler's rounding could get here; grow rather than fail
-            self._out = np.concatenate([self._out[: self._n_out], np.empty(end - self._n_out, np.float32)])
+            grow = np.empty((end - self._n_out, *self._out.shape[1:]), np.float32)
+            self._out = np.concatenate([self._out[: self._n_out], grow])
         self._out[self._n_out : end] = chunk
         self._n_out = end
 
@@ -382,7 +392,8 @@ class _StreamDecoder:
                 "(NaN or infinite)."
             )
         if self._stream is not None:
-            self._emit(self._stream.resample_chunk(np.zeros(0, np.float32), last=True))
+            empty = np.zeros((0, self.out_channels) if self.out_channels > 1 else 0, np.float32)
+            self._emit(self._stream.resample_chunk(empty, last=True))
         rate = self.target_rate or self.source_rate
         samples = self._out[: min(self._n_out, round(self.limits.max_duration * rate))]  # drop codec padding
         # Float sources and resampling may overshoot full scale; callers are promised [-1, 1].

@@ -47,8 +47,10 @@ def ingest_upload(services: Services, staged: Path, filename: str, size: int, ow
     if size == 0:
         raise EmptyAudioError("The file is empty.")
     settings, blobs = services.settings, services.blobs
-    decoded = load_audio(staged, sample_rate=SAMPLE_RATE, limits=DecodeLimits.from_settings(settings))
-    analysis = analyze(decoded.samples, decoded.sample_rate).to_dict()
+    # Stereo stays stereo (stereo MusicGen continues each channel); analysis reads the mono mix.
+    decoded = load_audio(staged, sample_rate=SAMPLE_RATE, limits=DecodeLimits.from_settings(settings), stereo=True)
+    mono = decoded.samples.mean(axis=1) if decoded.samples.ndim == 2 else decoded.samples
+    analysis = analyze(mono, decoded.sample_rate).to_dict()
     audio_id = new_id()
     upload_key = f"uploads/{audio_id}{_SUFFIXES.get(decoded.container, '.bin')}"
     processed_key = f"processed/{audio_id}.npy"
