@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MiB = 1024 * 1024
@@ -33,6 +33,15 @@ class Settings(BaseSettings):
     # Input limits
     max_file_size: int = Field(100 * MiB, gt=0, description="bytes")
     max_duration: float = Field(300.0, gt=0, description="seconds of decoded audio")
+
+    # Bounded work for any upload (decoding limits, concurrency, slow clients)
+    max_sample_rate: int = Field(192_000, ge=8_000, description="Hz of an upload's audio stream")
+    max_channels: int = Field(8, ge=1, description="channels of an upload's audio stream")
+    max_samples: int = Field(120_000_000, gt=0, description="decoded values per upload: seconds x rate x channels")
+    max_concurrent_decodes: int = Field(2, ge=1, description="uploads decoded at once; more wait their turn")
+    max_concurrent_uploads: int = Field(8, ge=1, description="upload requests served at once; more get 503")
+    upload_timeout: float = Field(600.0, gt=0, description="seconds to receive a whole upload body")
+    upload_idle_timeout: float = Field(30.0, gt=0, description="seconds an upload may send nothing")
 
     # Generation defaults
     prompt_seconds: float = Field(10.0, gt=0, le=20, description="continuation: seconds of source as prompt")
@@ -90,6 +99,22 @@ class Settings(BaseSettings):
     def bind_host(self) -> str:
         """Loopback unless keys protect the API or HOST says otherwise."""
         return self.host or ("0.0.0.0" if self.require_api_key else "127.0.0.1")
+
+    # Generation (models area): cross-field checks, so a bad combination stops the start naming the settings.
+    @model_validator(mode="after")
+    def _check_generation_windows(self) -> Settings:
+        if self.extend_overlap_seconds >= self.window_seconds:
+            raise ValueError(
+                f"EXTEND_OVERLAP_SECONDS ({self.extend_overlap_seconds}) must be below WINDOW_SECONDS "
+                f"({self.window_seconds}): each long-form window continues from that much of the last one and "
+                "needs room for new audio"
+            )
+        if self.prompt_seconds >= self.window_seconds:
+            raise ValueError(
+                f"PROMPT_SECONDS ({self.prompt_seconds}) must be below WINDOW_SECONDS ({self.window_seconds}): "
+                "the continuation prompt and the new audio share one window"
+            )
+        return self
 
     @property
     def sqlite_path(self) -> Path:

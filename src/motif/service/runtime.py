@@ -55,6 +55,7 @@ class Services:
     events: JobEvents
     workers: Workers
     decode_limiter: anyio.CapacityLimiter  # uploads decoded at once: bounds memory, not only CPU
+    upload_limiter: anyio.CapacityLimiter  # upload requests in flight; more are refused with 503
     quotas: Quotas
     lock: IO[str] | None = None
     sweeper: RetentionSweeper | None = None
@@ -108,9 +109,10 @@ def open_services(settings: Settings, start_workers: bool = True, metrics: Metri
     if start_workers:
         webhooks.start()
         workers.start()  # the embedding worker queues the embeddings uploads lack (backfill_embeddings)
-    limiter = anyio.CapacityLimiter(max(2, os.cpu_count() or 2))
-    services = Services(settings, db, blobs, queue, host, events, workers, limiter, Quotas(settings, db), lock,
-                        webhooks=webhooks)
+    decodes = anyio.CapacityLimiter(settings.max_concurrent_decodes)
+    uploads = anyio.CapacityLimiter(settings.max_concurrent_uploads)
+    services = Services(settings, db, blobs, queue, host, events, workers, decodes, uploads, Quotas(settings, db),
+                        lock, webhooks=webhooks)  # fmt: skip
     if start_workers:
         from motif.service.retention import RetentionSweeper
 
