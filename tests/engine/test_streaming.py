@@ -73,3 +73,12 @@ def test_chunks_tile_the_result_and_match_the_final_render(loaded: LoadedGenerat
 def test_nothing_is_rendered_while_nobody_listens(loaded: LoadedGenerator) -> None:
     chunks, _ = _run(loaded, duration=5.0, wanted=False)
     assert chunks == []
+
+
+def test_stereo_chunks_have_both_channels_and_match(model_cache: Path) -> None:
+    stereo = load_generator("tiny-stereo", torch.device("cpu"), torch.float32, model_cache, allow_download=False)
+    chunks, final = _run(stereo, duration=5.0)
+    assert final.ndim == 2 and final.shape[1] == 2
+    streamed = np.concatenate([samples for _, samples in chunks])
+    assert streamed.shape == final.shape and len(chunks) > 2
+    assert np.abs(final - streamed).max() < MAX_ABS_DIFF
