@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from motif.service import migrations
 from motif.service.migrations import SchemaError, head
 from motif.service.store import Base, Database
 from tests.service.conftest import add_audio
+from tests.services import create_database
 
 TABLES = {"api_key", "audio", "embedding", "job"}
 
@@ -27,9 +29,12 @@ def fresh(database_url: str) -> Iterator[Database]:
     db.dispose()
 
 
-@pytest.fixture
-def database_url(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'motif.db'}"
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A new empty database: a SQLite file, or a database on the session's real PostgreSQL server."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'motif.db'}"
+    return create_database(request.getfixturevalue("postgres"), f"t_{uuid.uuid4().hex[:12]}")
 
 
 def _tables(db: Database) -> set[str]:

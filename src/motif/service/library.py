@@ -78,7 +78,7 @@ def lookup_embedding(services: Services, scope: Scope, audio_id: str, retry_fail
         if job is None or stale or (retry_failed and _failed_long_ago(job)):
             job = services.queue.ensure_embedding(session, audio_id)
     if job.status == JobStatus.QUEUED.value:
-        services.workers.wake(JobKind.EMBEDDING)
+        services.workers.wake(JobKind.EMBEDDING, job.id)
     return EmbeddingLookup(None, job)
 
 
@@ -111,7 +111,7 @@ def create_generation(services: Services, scope: Scope, audio_id: str, params: d
         if get_audio_row(session, scope, audio_id) is None:
             return None
         job = services.queue.enqueue(session, JobKind.GENERATION, audio_id, params, owner=scope.owner)
-    services.workers.wake(JobKind.GENERATION)
+    services.workers.wake(JobKind.GENERATION, job.id)
     return job
 
 

@@ -276,6 +276,10 @@ class GenerationWorker(_Worker):
             self.cancelled.discard(row.id)
             self._cancel_checked.pop(row.id, None)
 
+    def result_extra(self, row: JobRow) -> dict[str, Any]:
+        """More for the result's summary (distributed workers say which worker ran it, in what batch)."""
+        return {}
+
     def store(self, row: JobRow, result: GenerationResult) -> None:
         """Write the audio first, then mark the row completed: a crash in between only re-runs the job."""
         from motif.audio import encode_audio
@@ -286,7 +290,8 @@ class GenerationWorker(_Worker):
         self.ctx.blobs.put_bytes(key, data)
         summary = {"similarity": result.similarity, "description": result.description, "seed": result.seed,
                    "mode": result.mode.value, "sample_rate": result.sample_rate,
-                   "duration": result.audio.shape[0] / result.sample_rate, "timings": result.timings}  # fmt: skip
+                   "duration": result.audio.shape[0] / result.sample_rate, "timings": result.timings,
+                   **self.result_extra(row)}  # fmt: skip
         if not self.ctx.queue.complete(row.id, summary, key, output_bytes=len(data)):
             self.ctx.blobs.delete(key)  # deleted or cancelled meanwhile
         self.ctx.events.publish(row.id)
@@ -345,7 +350,7 @@ class Workers:
         for thread in self._threads.values():
             thread.start()
 
-    def wake(self, kind: JobKind) -> None:
+    def wake(self, kind: JobKind, job_id: str | None = None) -> None:
         self._threads[kind].wakeup.set()
 
     def cancel(self, job_id: str) -> None:
