@@ -19,6 +19,7 @@ from tests.e2e.server import Server, server_env
 from tests.service.conftest import wait_until
 from tests.services import S3_ENV, Service, create_bucket, create_database, start_redis, start_s3
 
+ROOT = Path(__file__).resolve().parents[2]
 BUCKET = "motif-test"
 PREFIX = "cluster"
 LEASE_SECONDS = 3  # short, so a killed worker's job moves on quickly
@@ -76,7 +77,8 @@ class Cluster:
         self.api = Server(workdir, env)
         self.workers: dict[str, Worker] = {}
         self.s3 = boto3.client("s3", endpoint_url=s3.url, aws_access_key_id=S3_ENV["AWS_ACCESS_KEY_ID"],
-                               aws_secret_access_key=S3_ENV["AWS_SECRET_ACCESS_KEY"], region_name="us-east-1")  # fmt: skip
+                               aws_secret_access_key=S3_ENV["AWS_SECRET_ACCESS_KEY"],
+                               region_name=S3_ENV["AWS_DEFAULT_REGION"])  # fmt: skip
 
     @property
     def client(self) -> httpx.Client:
@@ -105,10 +107,9 @@ def cluster(
     workdir = tmp_path_factory.mktemp("cluster")
     database = create_database(postgres, f"cluster_{uuid.uuid4().hex[:8]}")
     env = server_env(workdir / "data", model_cache, BROKER_URL=redis.url, DATABASE_URL=database,
-                     STORAGE_URL=f"s3://{BUCKET}/{PREFIX}", S3_ENDPOINT_URL=s3.url, JOB_LEASE_SECONDS=str(LEASE_SECONDS),
-                     MAX_JOB_ATTEMPTS=str(MAX_ATTEMPTS), MAX_BATCH_SIZE="4", EMBEDDING_WAIT_SECONDS="20",
-                     PYTHONPATH=str(Path(__file__).resolve().parents[2]) + ":" + str(Path(__file__).resolve().parents[2] / "src"),
-                     **S3_ENV)  # fmt: skip
+                     STORAGE_URL=f"s3://{BUCKET}/{PREFIX}", S3_ENDPOINT_URL=s3.url,
+                     JOB_LEASE_SECONDS=str(LEASE_SECONDS), MAX_JOB_ATTEMPTS=str(MAX_ATTEMPTS), MAX_BATCH_SIZE="4",
+                     EMBEDDING_WAIT_SECONDS="20", PYTHONPATH=f"{ROOT}:{ROOT / 'src'}", **S3_ENV)  # fmt: skip
     running = Cluster(workdir, env, s3)
     try:
         running.api.start(ready=False)

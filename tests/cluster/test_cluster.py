@@ -7,7 +7,6 @@ ones that kill workers.
 from __future__ import annotations
 
 import signal
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -76,3 +75,123 @@ def test_the_seed_flow_runs_through_broker_workers_and_s3(cluster: Cluster) -> N
     assert client.delete(f"/api/audio/{audio_id}").status_code in (200, 204)
     assert not [key for area in ("uploads", "processed", "generated") for key in cluster.objects(area)
                 if audio_id in key or generation_id in key]  # fmt: skip
+
+
+def _send(cluster: Cluster, job_id: str) -> None:
+    """Publish a generation message for `job_id`, as a broker redelivery would."""
+    from celery import Celery
+
+    app = Celery(broker=cluster.env["BROKER_URL"], set_as_current=False)
+    try:
+        app.send_task("motif.generate", args=[job_id], queue="generation")
+    finally:
+        app.close()
+
+
+def _wake_ups_ignored(cluster: Cluster, job_id: str) -> int:
+    return sum(worker.log(1_000_000).count(f"nothing to claim (woken for {job_id})")
+               for worker in cluster.workers.values())  # fmt: skip
+
+
+def test_the_same_message_delivered_twice_runs_the_job_once(cluster: Cluster) -> None:
+    audio_id = _uploaded(cluster)
+    generation_id = _generate(cluster.client, audio_id)
+    _send(cluster, generation_id)  # two more deliveries of the same message, while it runs
+    _send(cluster, generation_id)
+    assert poll_status(cluster.client, generation_id, timeout=180)[-1]["status"] == "completed"
+    wait_until(lambda: _wake_ups_ignored(cluster, generation_id) >= 2, timeout=60, what="the duplicates consumed")
+    finished = _row(cluster, generation_id)
+    assert finished.attempts == 1
+    _send(cluster, generation_id)  # and once after it finished
+    wait_until(lambda: _wake_ups_ignored(cluster, generation_id) >= 3, timeout=60, what="the late duplicate")
+    again = _row(cluster, generation_id)
+    assert (again.status, again.attempts, again.finished_at) == ("completed", 1, finished.finished_at)
+    assert len([key for key in cluster.objects("generated") if generation_id in key]) == 1
+
+
+def test_cancel_of_a_running_generation_stops_it(cluster: Cluster) -> None:
+    audio_id = _uploaded(cluster)
+    generation_id = _generate(cluster.client, audio_id, duration=60)
+    wait_until(lambda: cluster.client.get(f"/api/status/{generation_id}").json()["progress"] > 0, timeout=120,
+               what="the generation running")  # fmt: skip
+    response = cluster.client.post(f"/api/generations/{generation_id}/cancel")
+    assert response.status_code == 202, response.text
+    assert poll_status(cluster.client, generation_id, timeout=60)[-1]["status"] == "cancelled"
+    assert not [key for key in cluster.objects("generated") if generation_id in key]
+
+
+def test_a_job_whose_worker_is_killed_completes_on_the_other_with_one_result(cluster: Cluster) -> None:
+    audio_id = _uploaded(cluster)
+    generation_id = _generate(cluster.client, audio_id, duration=20)
+    claimed = f"claimed generation {generation_id}"
+    holder = wait_until(lambda: next((w for w in cluster.workers.values() if claimed in w.log(1_000_000)), None),
+                        timeout=60, what="a worker claiming the job")  # fmt: skip
+    wait_until(lambda: cluster.client.get(f"/api/status/{generation_id}").json()["progress"] > 0, timeout=120,
+               what="the generation decoding")  # fmt: skip
+    holder.kill(signal.SIGKILL)
+    survivor = next(w for w in cluster.workers.values() if w is not holder and w.alive)
+    assert poll_status(cluster.client, generation_id, timeout=240)[-1]["status"] == "completed"
+    row = _row(cluster, generation_id)
+    assert row.attempts == 2
+    assert row.result is not None and row.result["worker"]["pid"] == survivor.proc.pid  # type: ignore[union-attr]
+    assert len([key for key in cluster.objects("generated") if generation_id in key]) == 1
+
+
+def test_two_jobs_sent_together_share_decode_steps_in_one_worker(cluster: Cluster) -> None:
+    alive = [w for w in cluster.workers.values() if w.alive]
+    assert len(alive) == 1  # the previous test killed the other: both messages reach this one
+    audio_id = _uploaded(cluster)
+    first, second = _generate(cluster.client, audio_id, duration=10), _generate(cluster.client, audio_id, duration=10)
+    for generation_id in (first, second):
+        assert poll_status(cluster.client, generation_id, timeout=240)[-1]["status"] == "completed"
+    rows = [_row(cluster, first), _row(cluster, second)]
+    assert all(row.result is not None and row.result["worker"]["peak_batch"] == 2 for row in rows), \
+        [row.result for row in rows]  # fmt: skip
+
+
+def test_a_job_that_always_kills_its_worker_fails_after_max_attempts(cluster: Cluster) -> None:
+    from tests.cluster.crashing_worker import CRASH
+
+    for worker in cluster.workers.values():
+        worker.stop()
+    audio_id = _uploaded_while_no_worker(cluster)
+    generation_id = _generate(cluster.client, audio_id, prompt=CRASH)
+    crashy = cluster.start_worker("crashy", [str(HERE / "crashing_worker.py")])
+    starts = 1
+
+    def settled() -> bool:
+        nonlocal crashy, starts
+        if _row(cluster, generation_id).status in ("failed", "completed", "cancelled"):
+            return True
+        if not crashy.alive:
+            assert starts <= MAX_ATTEMPTS + 1, f"restarted {starts} times without an outcome:\n{crashy.log()}"
+            crashy = cluster.start_worker("crashy", [str(HERE / "crashing_worker.py")])
+            starts += 1
+        return False
+
+    wait_until(settled, timeout=600, interval=0.5, what="the crashing job to fail")
+    row = _row(cluster, generation_id)
+    assert (row.status, row.error_code, row.attempts) == ("failed", "interrupted", MAX_ATTEMPTS), row.error
+    assert "stopped (killed or crashed) 2 times" in (row.error or "")
+    assert crashy.alive  # no loop: the last worker lives on, and the job stays failed
+    assert cluster.client.get(f"/api/status/{generation_id}").json()["status"] == "failed"
+
+
+def _uploaded_while_no_worker(cluster: Cluster) -> str:
+    """An upload whose embedding is not needed now (no worker runs): generation only needs its audio."""
+    response = upload(cluster.client, _song(cluster, "later.wav"))
+    assert response.status_code == 201, response.text
+    return str(response.json()["audio_id"])
+
+
+def test_cancel_of_a_queued_generation_means_it_never_runs(cluster: Cluster) -> None:
+    for worker in cluster.workers.values():
+        worker.stop()
+    audio_id = _uploaded_while_no_worker(cluster)
+    generation_id = _generate(cluster.client, audio_id)
+    response = cluster.client.post(f"/api/generations/{generation_id}/cancel")
+    assert response.status_code == 200 and response.json()["status"] == "cancelled"
+    cluster.start_worker("late")
+    wait_until(lambda: _wake_ups_ignored(cluster, generation_id) >= 1, timeout=60, what="the message consumed")
+    row = _row(cluster, generation_id)
+    assert (row.status, row.attempts) == ("cancelled", 0)

@@ -148,10 +148,13 @@ class WorkerProcess:
             try:
                 beat = leases.heartbeat(self.db, set(self.generation.in_flight) | set(self.embedding_jobs))
                 self.generation.cancelled |= beat.cancelled & self.generation.in_flight
-                if n % sweep_every == 0:
-                    self._sweep()
             except Exception:  # a database hiccup: the leases last JOB_LEASE_SECONDS; try again next beat
                 log.exception("lease heartbeat failed")
+            if n % sweep_every == 0:
+                try:
+                    self._sweep()
+                except Exception:  # the next sweep retries; other workers sweep too
+                    log.exception("lease sweep failed")
             n += 1
 
     def _sweep(self) -> None:
@@ -165,8 +168,13 @@ class WorkerProcess:
 
 
 def _queue_is_empty(app: Celery, name: str) -> bool:
+    from amqp.exceptions import ChannelError
+
     with app.connection_for_write() as connection:
-        _, count, _ = connection.default_channel.queue_declare(queue=name, passive=True)
+        try:
+            _, count, _ = connection.default_channel.queue_declare(queue=name, passive=True)
+        except ChannelError:  # Redis drops an empty list: no queue is an empty queue
+            return True
     return int(count) == 0
 
 

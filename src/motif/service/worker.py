@@ -21,6 +21,7 @@ from sqlalchemy import select
 from motif.config import Settings
 from motif.engine.types import GenerationMode, GenerationParams, GenerationResult, OutputFormat
 from motif.errors import GenerationCancelled, ModelUnavailableError, MotifError
+from motif.service import vectors
 from motif.service.blobs import BlobStore
 from motif.service.engine_host import EngineHost
 from motif.service.jobs import ErrorCode, JobKind, JobQueue
@@ -176,6 +177,8 @@ class EmbeddingWorker(_Worker):
         with ctx.db.transaction() as session:
             if session.get(AudioRow, job.audio_id) is not None:
                 save_embedding(session, job.audio_id, model, version, vector)
+                if vector.size == vectors.DIM and vectors.indexed(ctx.db):
+                    vectors.store(session, job.audio_id, model, vector)
                 ctx.queue.complete(job.id, {"model": model, "dim": int(vector.size)}, session=session)
         ctx.events.publish(job.id)
 
