@@ -41,8 +41,8 @@ def _insert(db: Database, ids: list[str], data: np.ndarray) -> None:
     audio = [dict(id=i, owner="a" if n % 2 else "b", filename="x.wav", size_bytes=1, duration=1.0, sample_rate=32_000,
                   channels=1, codec="pcm", container="wav", analysis={}, upload_key=f"uploads/{i}.wav",
                   processed_key=f"processed/{i}.npy") for n, i in enumerate(ids)]  # fmt: skip
-    embeddings = [dict(audio_id=i, model=MODEL, pipeline_version=VERSION, dim=vectors.DIM, vector=v.astype("<f4").tobytes())
-                  for i, v in zip(ids, data, strict=True)]  # fmt: skip
+    embeddings = [dict(audio_id=i, model=MODEL, pipeline_version=VERSION, dim=vectors.DIM,
+                       vector=v.astype("<f4").tobytes()) for i, v in zip(ids, data, strict=True)]  # fmt: skip
     with db.transaction() as session:
         session.execute(insert(AudioRow), audio)
         session.execute(insert(EmbeddingRow), embeddings)
