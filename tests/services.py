@@ -118,6 +118,7 @@ def start_postgres() -> Service:
             raise ServiceUnavailable("running as root, PostgreSQL needs a `postgres` user to run as: "
                                      "useradd --system postgres") from error  # fmt: skip
         os.chown(workdir, entry.pw_uid, entry.pw_gid)
+        binaries = _reachable_by_others(binaries)
     init = subprocess.run(_as(user) + [str(binaries / "initdb"), "-D", str(workdir / "data"), "-U", "postgres",
                                        "--auth=trust", "-E", "UTF8", "--no-sync"],
                           capture_output=True, text=True)  # fmt: skip
@@ -131,6 +132,20 @@ def start_postgres() -> Service:
     service = _wait_for_port(Service("postgres", url, _spawn("postgres", cmd, workdir, user), workdir), port)
     _wait_accepting(service)
     return service
+
+
+def _reachable_by_others(binaries: Path) -> Path:
+    """The binaries, copied once under /tmp when a parent directory (e.g. /root) hides them from `postgres`."""
+    if all(parent.stat().st_mode & 0o001 for parent in [binaries, *binaries.parents]):
+        return binaries
+    install = binaries.parent
+    copy = Path(tempfile.gettempdir()) / f"motif-pginstall-{os.stat(install).st_ino}"
+    if not copy.exists():
+        staging = Path(tempfile.mkdtemp(prefix="motif-pginstall-"))
+        shutil.copytree(install, staging / "pginstall")
+        os.chmod(staging, 0o755)
+        os.replace(staging, copy)
+    return copy / "pginstall" / "bin"
 
 
 def _as(user: str | None) -> list[str]:
