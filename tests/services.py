@@ -190,6 +190,7 @@ def start_s3() -> Service:
     return _wait_for_port(service, port)
 
 
+S3_BUCKET = "motif-test"
 S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 
 

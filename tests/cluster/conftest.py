@@ -17,28 +17,13 @@ import pytest
 
 from tests.e2e.server import Server, server_env
 from tests.service.conftest import wait_until
-from tests.services import S3_ENV, Service, create_bucket, create_database, start_redis, start_s3
+from tests.services import S3_BUCKET, S3_ENV, Service, create_database
 
 ROOT = Path(__file__).resolve().parents[2]
-BUCKET = "motif-test"
+BUCKET = S3_BUCKET
 PREFIX = "cluster"
 LEASE_SECONDS = 3  # short, so a killed worker's job moves on quickly
 MAX_ATTEMPTS = 2
-
-
-@pytest.fixture(scope="session")
-def redis() -> Iterator[Service]:
-    service = start_redis()
-    yield service
-    service.stop()
-
-
-@pytest.fixture(scope="session")
-def s3() -> Iterator[Service]:
-    service = start_s3()
-    create_bucket(service, BUCKET)
-    yield service
-    service.stop()
 
 
 class Worker(Server):
