@@ -75,6 +75,7 @@ def test_the_seed_flow_runs_through_broker_workers_and_s3(cluster: Cluster) -> N
     assert client.delete(f"/api/audio/{audio_id}").status_code in (200, 204)
     assert not [key for area in ("uploads", "processed", "generated") for key in cluster.objects(area)
                 if audio_id in key or generation_id in key]  # fmt: skip
+    assert "random-weight test model" not in cluster.api.log(1_000_000)  # the API never loaded a model
 
 
 def _send(cluster: Cluster, job_id: str) -> None:

@@ -9,6 +9,7 @@ row stays the truth; leases (`motif.service.leases`) recover jobs whose worker d
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from typing import Any
@@ -79,18 +80,35 @@ class CeleryDispatcher:
         self._probe_lock = threading.Lock()
         self._probed_at = -WORKER_PROBE_SECONDS
         self._served: dict[str, int] = {}
+        self._woken: dict[str, float] = {}  # job id -> when its wake-up was published (monotonic s)
 
     def start(self) -> None:
         """Nothing runs here: jobs run in `motif worker` processes."""
 
     def wake(self, kind: JobKind, job_id: str | None = None) -> None:
         """Publish a wake-up for `kind`. Never raises: a job whose message was lost is published again by the
-        workers' sweeper once it has waited a lease (see `leases.unclaimed`)."""
+        workers' sweeper once it has waited a lease (see `leases.unclaimed`).
+
+        A job already published in the last JOB_LEASE_SECONDS is not published again (a client polling
+        GET /embedding of a queued upload would otherwise add a message per request).
+        """
+        if job_id is not None and not self._first_wake(job_id):
+            return
         try:
             self.app.send_task(TASKS[kind], args=[job_id], queue=QUEUES[kind],
                                retry=True, retry_policy={"max_retries": 3, "interval_start": 0.2})  # fmt: skip
         except Exception:
             log.exception("could not publish %s job %s; the sweeper will publish it again", kind.value, job_id)
+
+    def _first_wake(self, job_id: str) -> bool:
+        now = time.monotonic()
+        with self._probe_lock:
+            if len(self._woken) > 10_000:  # forget the old ones; memory stays bounded
+                self._woken = {j: t for j, t in self._woken.items() if now - t < self.settings.job_lease_seconds}
+            if now - self._woken.get(job_id, -math.inf) < self.settings.job_lease_seconds:
+                return False
+            self._woken[job_id] = now
+            return True
 
     def cancel(self, job_id: str) -> None:
         """The flag is in the job row already; the worker's heartbeat reads it within a second."""
