@@ -15,7 +15,7 @@ from motif.service import library
 from motif.service.api.blob_response import blob_response
 from motif.service.api.deps import AudioId, GenerationId, Limit, Offset, ServicesDep
 from motif.service.api.errors import responses
-from motif.service.api.schemas import GenerationList, GenerationRequest, GenerationStatus
+from motif.service.api.schemas import ErrorMessage, GenerationList, GenerationRequest, GenerationStatus
 from motif.service.api.security import PrincipalDep, ScopeDep, quota_error
 from motif.service.jobs import JobStatus
 from motif.service.quotas import QuotaExceeded
@@ -110,7 +110,7 @@ def cancel_generation(generation_id: GenerationId, services: ServicesDep, scope:
     responses={200: {"content": {t: {} for t in MEDIA_TYPES.values()}, "description": "the audio"},
                206: {"description": "the requested byte range"},
                302: {"description": "S3 with DOWNLOAD_REDIRECT=true: a short-lived presigned URL"},
-               416: {"description": "the range is outside the file"}, **responses(404, 409)},
+               416: {"model": ErrorMessage, "description": "the range is outside the file"}, **responses(404, 409)},
 )  # fmt: skip
 def download(
     generation_id: GenerationId, services: ServicesDep, scope: ScopeDep,
