@@ -204,7 +204,7 @@ def serve(
 @app.command()
 def worker(
     queues: Annotated[str, typer.Option(help="comma-separated: generation, embedding")] = "generation,embedding",
-    concurrency: Annotated[int | None, typer.Option(min=1, help="task threads; default MAX_BATCH_SIZE + 1")] = None,
+    concurrency: Annotated[int | None, typer.Option(min=1, help="task threads; default MAX_BATCH_SIZE")] = None,
     hostname: Annotated[str | None, typer.Option(help="Celery node name, default celery@HOST")] = None,
 ) -> None:
     """Run a Celery worker (BROKER_URL): loads the models once and runs jobs; generations share decode steps."""
@@ -221,7 +221,7 @@ def worker(
     except ValueError:
         _fail(MotifError(f"--queues takes generation and/or embedding, got {queues!r}"))
     try:
-        run_worker(settings, kinds, concurrency or settings.max_batch_size + 1, hostname)
+        run_worker(settings, kinds, concurrency or settings.max_batch_size, hostname)
     except SchemaError as error:
         _fail(error)
 

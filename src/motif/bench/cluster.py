@@ -58,17 +58,27 @@ class Deployment:
                                                cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT))  # fmt: skip
 
     def __enter__(self) -> Deployment:
-        self._spawn(["serve", "--host", "127.0.0.1", "--port", str(self.port)], "api")
-        for i in range(self.n_workers):
-            self._spawn(["worker", "--hostname", f"bench{i}@%h"], f"worker{i}")
-        _wait(self._ready, START_TIMEOUT, "the deployment to be ready")
+        try:
+            self._spawn(["serve", "--host", "127.0.0.1", "--port", str(self.port)], "api")
+            _wait(lambda: self._health() is not None, START_TIMEOUT, "the API (it migrates the schema first)")
+            for i in range(self.n_workers):
+                self._spawn(["worker", "--hostname", f"bench{i}@%h"], f"worker{i}")
+            _wait(lambda: (self._health() or {}).get("ready"), START_TIMEOUT, "the models and workers")
+        except BaseException:
+            logs = "\n".join(f"--- {log.name}\n{log.read_text(errors='replace')[-2000:]}"
+                             for log in self.workdir.glob("*.log"))  # fmt: skip
+            self.__exit__()
+            raise RuntimeError(f"the deployment did not start:\n{logs}") from None
         return self
 
-    def _ready(self) -> bool:
+    def _health(self) -> dict[str, Any] | None:
+        if any(proc.poll() is not None for proc in self.procs):
+            raise RuntimeError("a process of the deployment exited")
         try:
-            return bool(self.client.get("/api/health", timeout=5).json()["ready"])
+            health: dict[str, Any] = self.client.get("/api/health", timeout=5).json()
         except httpx.HTTPError:
-            return False
+            return None
+        return health
 
     def __exit__(self, *_: object) -> None:
         for proc in self.procs:

@@ -41,11 +41,13 @@ class FedGenerationWorker(GenerationWorker):
         self.dispatcher = dispatcher
         self.inbox: stdlib_queue.Queue[JobRow] = stdlib_queue.Queue()
         self.done: dict[str, threading.Event] = {}
+        self.held: set[str] = set()  # claimed by this process, waiting in the inbox or decoding: leases to renew
         self.peak: dict[str, int] = {}  # job id -> most jobs decoding together while it ran
 
     def submit(self, row: JobRow) -> threading.Event:
         """Hand a claimed job to the decode loop; the event is set once its outcome is committed."""
         event = self.done.setdefault(row.id, threading.Event())
+        self.held.add(row.id)
         self.inbox.put(row)
         self.wakeup.set()
         return event
@@ -82,6 +84,7 @@ class FedGenerationWorker(GenerationWorker):
             if self.ctx.stopping.is_set():  # released for another worker: wake one
                 self.dispatcher.wake(JobKind.GENERATION, row.id)
             self.peak.pop(row.id, None)
+            self.held.discard(row.id)
             event = self.done.pop(row.id, None)
             if event is not None:
                 event.set()
@@ -146,8 +149,8 @@ class WorkerProcess:
         n = 0
         while not self.ctx.stopping.wait(HEARTBEAT_INTERVAL):
             try:
-                beat = leases.heartbeat(self.db, set(self.generation.in_flight) | set(self.embedding_jobs))
-                self.generation.cancelled |= beat.cancelled & self.generation.in_flight
+                beat = leases.heartbeat(self.db, set(self.generation.held) | set(self.embedding_jobs))
+                self.generation.cancelled |= beat.cancelled & self.generation.held
             except Exception:  # a database hiccup: the leases last JOB_LEASE_SECONDS; try again next beat
                 log.exception("lease heartbeat failed")
             if n % sweep_every == 0:
@@ -185,7 +188,8 @@ def register_tasks(app: Celery, process: WorkerProcess) -> None:
 
 
 def run_worker(settings: Settings, kinds: list[JobKind], concurrency: int, hostname: str | None = None) -> None:
-    """Block running a Celery worker for `kinds` with `concurrency` threads (default: MAX_BATCH_SIZE + 1)."""
+    """Block running a Celery worker for `kinds` with `concurrency` task threads (the CLI's default:
+    MAX_BATCH_SIZE, so a worker claims no more generations than its decode loop can take at once)."""
     app = make_celery(settings)
     process = WorkerProcess(settings, kinds)
     register_tasks(app, process)
