@@ -12,10 +12,10 @@ import pytest
 from sqlalchemy import update
 
 from motif.service import leases
-from motif.service.jobs import JobKind, JobQueue, JobStatus
+from motif.service.jobs import JobKind, JobQueue, JobStatus, _lock_fairest
 from motif.service.store import Database, JobRow, utcnow
 from tests.service.conftest import add_audio
-from tests.services import create_database
+from tests.services import Service, create_database
 
 LEASE = 30.0
 
@@ -97,3 +97,18 @@ def test_unclaimed_lists_only_jobs_queued_longer_than_a_lease(shared_db: Databas
     assert leases.unclaimed(shared_db, JobKind.GENERATION, LEASE, 10) == [old]
     assert leases.unclaimed(shared_db, JobKind.EMBEDDING, LEASE, 10) == []
     assert new not in leases.unclaimed(shared_db, JobKind.GENERATION, LEASE, 10)
+
+
+def test_a_claim_in_progress_on_postgresql_hides_only_the_jobs_it_takes(postgres: Service) -> None:
+    db = Database(create_database(postgres, f"l_{uuid.uuid4().hex[:12]}"))
+    db.migrate()
+    queue = JobQueue(db, max_attempts=3)
+    ids = _enqueue(db, queue, [None, None, None])
+    try:
+        with db.transaction() as slow:  # one worker's claim, not committed yet
+            (held,) = _lock_fairest(slow, JobKind.GENERATION, 1)
+            others = queue.claim(JobKind.GENERATION, 5)  # another worker, meanwhile: skips only that row
+            assert len(others) == 2 and held not in {job.seq for job in others}
+        assert {job.id for job in others} == set(ids[1:])
+    finally:
+        db.dispose()

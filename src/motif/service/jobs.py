@@ -282,15 +282,22 @@ CLAIM_SLACK = 16  # extra fair-order candidates looked at, for those other claim
 
 
 def _lock_fairest(session: Session, kind: JobKind, n: int) -> list[int]:
-    """PostgreSQL: lock the n fairest queued jobs nobody else has locked; their seqs in fair order."""
+    """PostgreSQL: lock the n fairest queued jobs nobody else has locked; their seqs in fair order.
+
+    Rows are locked one by one in fair order and only n of them: locking every candidate at once would hide
+    the extra ones from concurrent claimers until this transaction ends, and they would come back empty.
+    """
     turns = _turns(kind)
     candidates = list(session.scalars(select(turns.c.seq).order_by(turns.c.turn, turns.c.seq).limit(n + CLAIM_SLACK)))
-    if not candidates:
-        return []
-    lock = (select(JobRow.seq).where(JobRow.seq.in_(candidates), JobRow.status == JobStatus.QUEUED.value)
-            .with_for_update(skip_locked=True))  # fmt: skip
-    locked = set(session.scalars(lock))
-    return [seq for seq in candidates if seq in locked][:n]
+    locked: list[int] = []
+    for seq in candidates:
+        lock = (select(JobRow.seq).where(JobRow.seq == seq, JobRow.status == JobStatus.QUEUED.value)
+                .with_for_update(skip_locked=True))  # fmt: skip
+        if session.scalar(lock) is not None:
+            locked.append(seq)
+            if len(locked) == n:
+                break
+    return locked
 
 
 def _position_if_not_queued(job: JobRow) -> int | None:
