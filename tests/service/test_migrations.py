@@ -11,7 +11,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect, text
 
-from motif.service import migrations
+from motif.service import migrations, vectors  # noqa: F401 - vectors registers the pgvector type
 from motif.service.migrations import SchemaError, head
 from motif.service.store import Base, Database
 from tests.service.conftest import add_audio

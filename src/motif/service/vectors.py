@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 
 import numpy as np
+import pgvector.sqlalchemy  # noqa: F401 - teaches SQLAlchemy's reflection the `vector` type (no warning)
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
