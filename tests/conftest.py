@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+
+from tests.services import S3_BUCKET, Service, create_bucket, start_postgres, start_redis, start_s3
 
 # On a loaded 2-core box, two intra-op threads made tiny models ~50x slower; one is plenty for them.
 torch.set_num_threads(1)
@@ -30,3 +33,28 @@ def rng() -> np.random.Generator:
 @pytest.fixture(autouse=True)
 def _seed_torch() -> None:
     torch.manual_seed(1234)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Service]:
+    """A real PostgreSQL server (with pgvector) on loopback for the session; fails with the reason if it cannot."""
+    service = start_postgres()
+    yield service
+    service.stop()
+
+
+@pytest.fixture(scope="session")
+def redis() -> Iterator[Service]:
+    """A real redis-server on loopback for the session."""
+    service = start_redis()
+    yield service
+    service.stop()
+
+
+@pytest.fixture(scope="session")
+def s3() -> Iterator[Service]:
+    """moto's S3 server on loopback for the session, with the bucket S3_BUCKET."""
+    service = start_s3()
+    create_bucket(service, S3_BUCKET)
+    yield service
+    service.stop()

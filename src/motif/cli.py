@@ -32,7 +32,13 @@ console = Console(stderr=True)
 
 
 def _settings() -> Settings:
-    settings = Settings()
+    from pydantic import ValidationError
+
+    try:
+        settings = Settings()
+    except ValidationError as error:  # e.g. BROKER_URL with SQLite: say which setting, not a traceback
+        console.print(f"[bold red]error:[/] invalid settings: {error}")
+        raise typer.Exit(2) from None
     logging.basicConfig(level=settings.log_level, format="%(levelname)s %(name)s: %(message)s")
     return settings
 
@@ -211,6 +217,31 @@ def serve(
     # format: the app's request middleware logs each request instead (route template, status, duration).
     uvicorn.run("motif.service.api.app:create_app", factory=True, host=bind, port=port or settings.port,
                 log_level=settings.log_level.lower(), log_config=None, access_log=False)  # fmt: skip
+
+
+@app.command()
+def worker(
+    queues: Annotated[str, typer.Option(help="comma-separated: generation, embedding")] = "generation,embedding",
+    concurrency: Annotated[int | None, typer.Option(min=1, help="task threads; default MAX_BATCH_SIZE")] = None,
+    hostname: Annotated[str | None, typer.Option(help="Celery node name, default celery@HOST")] = None,
+) -> None:
+    """Run a Celery worker (BROKER_URL): loads the models once and runs jobs; generations share decode steps."""
+    from motif.service.jobs import JobKind
+    from motif.service.migrations import SchemaError
+    from motif.service.remote_worker import run_worker
+
+    settings = _settings()
+    if not settings.broker_url:
+        _fail(MotifError("`motif worker` needs BROKER_URL (redis://... or sqs://); without it `motif serve` "
+                         "runs the jobs itself"))  # fmt: skip
+    try:
+        kinds = [JobKind(name.strip()) for name in queues.split(",") if name.strip()]
+    except ValueError:
+        _fail(MotifError(f"--queues takes generation and/or embedding, got {queues!r}"))
+    try:
+        run_worker(settings, kinds, concurrency or settings.max_batch_size, hostname)
+    except SchemaError as error:
+        _fail(error)
 
 
 def _is_loopback(host: str) -> bool:

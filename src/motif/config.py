@@ -85,12 +85,43 @@ class Settings(BaseSettings):
     media_token_secret: str | None = Field(None, description="signs media URLs for players; default random per process")
     media_token_seconds: int = Field(900, ge=10, description="how long a signed media URL stays valid")
 
+    # Distributed mode (issue 10): a broker, shared storage and job leases. All unset = embedded (one process).
+    broker_url: str | None = Field(None, description="empty: in-process workers; redis://... or sqs://...: Celery")
+    storage_url: str | None = Field(None, description="default file:// under DATA_DIR; s3://bucket/prefix for S3")
+    s3_endpoint_url: str | None = Field(None, description="S3-compatible store (MinIO, moto); empty: AWS")
+    download_redirect: bool = Field(False, description="S3: GET /download answers 302 to a presigned URL")
+    download_url_seconds: int = Field(300, ge=10, le=604800, description="lifetime of a presigned download URL")
+    job_lease_seconds: float = Field(30.0, ge=2, description="a claimed job without a heartbeat this long is re-run")
+    broker_visibility_seconds: int = Field(7200, ge=60, description="redeliver unacked after; > longest job")
+
+    @model_validator(mode="after")
+    def _coherent_deployment(self) -> Settings:
+        """Refuse combinations that cannot work across hosts, naming the setting that fixes them."""
+        if self.broker_url:
+            if self.resolved_database_url.startswith("sqlite"):
+                raise ValueError("BROKER_URL needs a database every host reaches: set DATABASE_URL="
+                                 "postgresql+psycopg://... (SQLite is one machine's file)")  # fmt: skip
+            if not self.storage_url:
+                raise ValueError("BROKER_URL needs storage every host reaches: set STORAGE_URL=s3://bucket/prefix "
+                                 "(or STORAGE_URL=file:///path for a directory every host mounts)")  # fmt: skip
+        if self.storage_url and not self.storage_url.startswith(("file://", "s3://")):
+            raise ValueError(f"STORAGE_URL must start with file:// or s3://, got {self.storage_url!r}")
+        if self.broker_url and not self.broker_url.startswith(("redis://", "rediss://", "sqs://")):
+            raise ValueError(f"BROKER_URL must start with redis://, rediss:// or sqs://, got {self.broker_url!r}")
+        return self
+
+    @property
+    def distributed(self) -> bool:
+        """Jobs go through a broker to `motif worker` processes; this process runs no inference."""
+        return bool(self.broker_url)
+
     @field_validator("log_level")
     @classmethod
     def _upper(cls, value: str) -> str:
         return value.upper()
 
-    @field_validator("host", "database_url", "webhook_secret", "media_token_secret", mode="before")
+    @field_validator("host", "database_url", "webhook_secret", "media_token_secret", "broker_url", "storage_url",
+                     "s3_endpoint_url", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: str | None) -> str | None:
         return value or None

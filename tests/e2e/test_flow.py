@@ -213,7 +213,7 @@ def test_the_openapi_schema_documents_every_route_and_response(client: httpx.Cli
     for path, operations in schema["paths"].items():
         for method, operation in operations.items():
             for code, response in operation["responses"].items():
-                if code not in ("204", "206"):
+                if code not in ("204", "206", "302"):  # no body: empty, a byte range, a redirect
                     assert response.get("content"), f"{method} {path} {code} has no modelled body"
     _assert_refs_resolve(schema, schema)
     for page in ("/docs", "/redoc"):

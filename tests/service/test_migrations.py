@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,12 +11,21 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect, text
 
-from motif.service import migrations
+from motif.service import migrations, vectors  # noqa: F401 - vectors registers the pgvector type
 from motif.service.migrations import SchemaError, head
 from motif.service.store import Base, Database
 from tests.service.conftest import add_audio
+from tests.services import create_database
 
 TABLES = {"api_key", "audio", "embedding", "job"}
+
+
+def test_revision_0003_adds_pgvector_on_postgresql_only(fresh: Database) -> None:
+    fresh.migrate()
+    columns = {column["name"] for column in inspect(fresh.engine).get_columns("embedding")}
+    assert ("vec" in columns) == (fresh.engine.dialect.name == "postgresql")  # the test server has pgvector
+    migrations.downgrade(fresh.engine, "0002")
+    assert "vec" not in {column["name"] for column in inspect(fresh.engine).get_columns("embedding")}
 
 
 @pytest.fixture
@@ -27,9 +37,12 @@ def fresh(database_url: str) -> Iterator[Database]:
     db.dispose()
 
 
-@pytest.fixture
-def database_url(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'motif.db'}"
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A new empty database: a SQLite file, or a database on the session's real PostgreSQL server."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'motif.db'}"
+    return create_database(request.getfixturevalue("postgres"), f"t_{uuid.uuid4().hex[:12]}")
 
 
 def _tables(db: Database) -> set[str]:
@@ -44,7 +57,13 @@ def test_up_down_and_up_again_keeps_the_schema_equal_to_the_models(fresh: Databa
     fresh.migrate()
     assert _tables(fresh) == TABLES and migrations.current(fresh.engine) == head()
     with fresh.engine.connect() as conn:
-        assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
+        context = MigrationContext.configure(conn, opts={"include_object": _not_pgvector})
+        assert compare_metadata(context, Base.metadata) == []
+
+
+def _not_pgvector(obj: object, name: str | None, type_: str, reflected: bool, compare_to: object) -> bool:
+    """Revision 0003's pgvector column and index exist on PostgreSQL only, outside the models (vectors.py)."""
+    return name not in ("vec", "ix_embedding_vec_hnsw")
 
 
 def test_a_downgrade_keeps_the_rows_the_older_schema_can_hold(fresh: Database) -> None:

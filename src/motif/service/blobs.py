@@ -1,4 +1,5 @@
-"""Blob storage: files by key ("uploads/<id>.mp3"), written atomically. A local directory now; S3 later.
+"""Blob storage: files by key ("uploads/<id>.mp3"), written atomically. A local directory here; S3 beside it
+(`motif.service.blobs_s3`); `open_blob_store` picks one from STORAGE_URL.
 
 Keys are built by the service from ids it generated, never from client input, and are checked anyway.
 """
@@ -65,6 +66,26 @@ class BlobStore(ABC):
     @abstractmethod
     def sweep_temp(self) -> int:
         """Remove temp files a crashed process left behind; returns how many."""
+
+    def size(self, key: str) -> int:
+        """Bytes stored under `key`. Raises FileNotFoundError."""
+        path = self.local_path(key)
+        if path is None:
+            raise NotImplementedError
+        return path.stat().st_size
+
+    def iter_range(self, key: str, start: int, end: int, chunk: int = 64 * 1024) -> Iterator[bytes]:
+        """Bytes start..end (inclusive) of `key`, in chunks: a download streamed without holding it whole."""
+        with self.open(key) as file:
+            file.seek(start)
+            left = end - start + 1
+            while left > 0 and (data := file.read(min(chunk, left))):
+                left -= len(data)
+                yield data
+
+    def presigned_url(self, key: str, seconds: int, filename: str) -> str | None:
+        """A URL anyone holding it may GET for `seconds`, or None where the store has no such thing."""
+        return None
 
 
 class LocalBlobStore(BlobStore):
@@ -156,3 +177,15 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def open_blob_store(storage_url: str | None, data_dir: Path, s3_endpoint_url: str | None = None) -> BlobStore:
+    """The blob store STORAGE_URL names: unset = DATA_DIR; file:///path; s3://bucket/prefix."""
+    if not storage_url:
+        return LocalBlobStore(data_dir)
+    if storage_url.startswith("file://"):
+        return LocalBlobStore(Path(storage_url.removeprefix("file://")))
+    from motif.service.blobs_s3 import S3BlobStore
+
+    bucket, _, prefix = storage_url.removeprefix("s3://").partition("/")
+    return S3BlobStore(bucket, prefix, data_dir / "staging", endpoint_url=s3_endpoint_url)

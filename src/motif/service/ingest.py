@@ -66,10 +66,10 @@ def ingest_upload(services: Services, staged: Path, filename: str, size: int, ow
         blobs.put_file(upload_key, staged)
         with services.db.transaction() as session:
             session.add(row)
-            services.queue.enqueue(session, JobKind.EMBEDDING, audio_id, owner=owner)
+            job = services.queue.enqueue(session, JobKind.EMBEDDING, audio_id, owner=owner)
     except BaseException:
         blobs.delete(processed_key)
         blobs.delete(upload_key)
         raise
-    services.workers.wake(JobKind.EMBEDDING)
+    services.workers.wake(JobKind.EMBEDDING, job.id)
     return row

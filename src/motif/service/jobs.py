@@ -54,7 +54,8 @@ class Recovery:
 
 
 class JobQueue:
-    """The job seam: SQL rows in the embedded mode (a broker-backed queue can replace it later)."""
+    """The job rows' state machine, shared by both dispatchers: in-process threads (`motif.service.worker`)
+    and Celery workers (`motif.service.celery_app`). The row is the truth; a broker message only wakes."""
 
     def __init__(self, db: Database, max_attempts: int) -> None:
         self.db = db
@@ -103,31 +104,41 @@ class JobQueue:
         """Atomically move up to n queued jobs of `kind` to processing, in fair order; returns them, oldest first.
 
         Fair order takes each owner's oldest job before anyone's second (see `_turns`), so one key's hundred
-        queued jobs do not starve another key's one.
+        queued jobs do not starve another key's one. On PostgreSQL, where several worker hosts claim at once,
+        the fairest candidates are locked with FOR UPDATE SKIP LOCKED: a claim never waits for another's and
+        never comes back empty while unlocked jobs are queued. SQLite serialises writers, so one conditional
+        UPDATE is enough there.
         """
         if n <= 0:
             return []
-        turns = _turns(kind)
-        oldest = select(turns.c.seq).order_by(turns.c.turn, turns.c.seq).limit(n).scalar_subquery()
-        now = utcnow()
-        claim = (
-            update(JobRow)
-            .where(JobRow.seq.in_(oldest), JobRow.status == JobStatus.QUEUED.value)
-            .values(
-                status=JobStatus.PROCESSING.value,
-                started_at=now,
-                updated_at=now,
-                progress=0.0,
-                attempts=JobRow.attempts + 1,
-            )  # fmt: skip
-            .returning(JobRow.seq)
-            .execution_options(synchronize_session=False)
-        )
         with self.db.transaction() as session:
-            seqs = list(session.scalars(claim))
-            if not seqs:
+            if session.get_bind().dialect.name == "postgresql":
+                seqs = _lock_fairest(session, kind, n)
+                if not seqs:
+                    return []
+                chosen = JobRow.seq.in_(seqs)
+            else:
+                turns = _turns(kind)
+                fairest = select(turns.c.seq).order_by(turns.c.turn, turns.c.seq).limit(n).scalar_subquery()
+                chosen = JobRow.seq.in_(fairest)
+            now = utcnow()
+            claim = (
+                update(JobRow)
+                .where(chosen, JobRow.status == JobStatus.QUEUED.value)
+                .values(
+                    status=JobStatus.PROCESSING.value,
+                    started_at=now,
+                    updated_at=now,
+                    progress=0.0,
+                    attempts=JobRow.attempts + 1,
+                )  # fmt: skip
+                .returning(JobRow.seq)
+                .execution_options(synchronize_session=False)
+            )
+            claimed = list(session.scalars(claim))
+            if not claimed:
                 return []
-            return list(session.scalars(select(JobRow).where(JobRow.seq.in_(seqs)).order_by(JobRow.seq)))
+            return list(session.scalars(select(JobRow).where(JobRow.seq.in_(claimed)).order_by(JobRow.seq)))
 
     def set_progress(self, job_id: str, progress: float) -> None:
         with self.db.transaction() as session:
@@ -272,6 +283,28 @@ def _turns(kind: JobKind) -> Subquery:
     turn = func.row_number().over(partition_by=JobRow.owner, order_by=JobRow.seq).label("turn")
     return (select(JobRow.seq, turn)
             .where(JobRow.kind == kind.value, JobRow.status == JobStatus.QUEUED.value).subquery())  # fmt: skip
+
+
+CLAIM_SLACK = 16  # extra fair-order candidates looked at, for those other claimers hold locked right now
+
+
+def _lock_fairest(session: Session, kind: JobKind, n: int) -> list[int]:
+    """PostgreSQL: lock the n fairest queued jobs nobody else has locked; their seqs in fair order.
+
+    Rows are locked one by one in fair order and only n of them: locking every candidate at once would hide
+    the extra ones from concurrent claimers until this transaction ends, and they would come back empty.
+    """
+    turns = _turns(kind)
+    candidates = list(session.scalars(select(turns.c.seq).order_by(turns.c.turn, turns.c.seq).limit(n + CLAIM_SLACK)))
+    locked: list[int] = []
+    for seq in candidates:
+        lock = (select(JobRow.seq).where(JobRow.seq == seq, JobRow.status == JobStatus.QUEUED.value)
+                .with_for_update(skip_locked=True))  # fmt: skip
+        if session.scalar(lock) is not None:
+            locked.append(seq)
+            if len(locked) == n:
+                break
+    return locked
 
 
 def _position_if_not_queued(job: JobRow) -> int | None:

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy import delete, func, select
 
+from motif.service import vectors as vector_index
 from motif.service.jobs import JobKind, JobStatus
 from motif.service.runtime import Services
 from motif.service.store import (
@@ -78,7 +79,7 @@ def lookup_embedding(services: Services, scope: Scope, audio_id: str, retry_fail
         if job is None or stale or (retry_failed and _failed_long_ago(job)):
             job = services.queue.ensure_embedding(session, audio_id)
     if job.status == JobStatus.QUEUED.value:
-        services.workers.wake(JobKind.EMBEDDING)
+        services.workers.wake(JobKind.EMBEDDING, job.id)
     return EmbeddingLookup(None, job)
 
 
@@ -111,7 +112,7 @@ def create_generation(services: Services, scope: Scope, audio_id: str, params: d
         if get_audio_row(session, scope, audio_id) is None:
             return None
         job = services.queue.enqueue(session, JobKind.GENERATION, audio_id, params, owner=scope.owner)
-    services.workers.wake(JobKind.GENERATION)
+    services.workers.wake(JobKind.GENERATION, job.id)
     return job
 
 
@@ -141,9 +142,16 @@ def nearest(
 ) -> list[Match]:
     """The k uploads `scope` may see whose vectors are closest to `query` ((dim,) unit vector), best first.
 
-    Brute force over every stored vector of the configured model: fine to ~100k uploads.
+    PostgreSQL with pgvector: the HNSW index (approximate, recall@10 >= 0.95). Elsewhere brute force over
+    every stored vector of the configured model: linear, ~0.1 s per 1,500 uploads (see README).
     """
     model, version = services.settings.embedding_model, services.engine.pipeline_version
+    if vector_index.indexed(services.db) and query.shape[0] == vector_index.DIM:
+        with services.db.transaction() as session:
+            found = vector_index.nearest(session, scope, model, version, query, k, exclude)
+            matched = select(AudioRow).where(AudioRow.id.in_([audio_id for audio_id, _ in found]))
+            rows = {row.id: row for row in session.scalars(matched)}
+        return [Match(rows[audio_id], score) for audio_id, score in found if audio_id in rows]
     with services.db.session() as session:
         ids, vectors = all_embeddings(session, model, version, scope)
         if not ids or vectors.shape[1] != query.shape[0]:

@@ -1,9 +1,15 @@
 """One process's service objects, opened at start-up and closed at shutdown (the app's lifespan uses them).
 
-Start-up is where durability is restored: take the data directory's lock, migrate the schema, sweep
-what a killed process left half-done, re-queue its interrupted jobs, then start the workers. The workers
-import the engine (torch), queue the embeddings uploads lack and load the models in their own threads,
-so the server answers /api/health within a second or so and says which models are still loading.
+The one place that chooses the implementations from settings: metadata in SQLite or PostgreSQL
+(DATABASE_URL), blobs in a directory or S3 (STORAGE_URL), jobs run by this process's threads or by
+Celery workers (BROKER_URL).
+
+Embedded start-up is where durability is restored: take the data directory's lock, migrate the schema,
+sweep what a killed process left half-done, re-queue its interrupted jobs, then start the workers. The
+workers import the engine (torch), queue the embeddings uploads lack and load the models in their own
+threads, so the server answers /api/health within a second or so and says which models are still loading.
+With a broker, several API processes share the database and storage: none takes a lock or re-queues jobs
+(workers' leases do that), and none runs inference.
 """
 
 from __future__ import annotations
@@ -13,16 +19,16 @@ import os
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Protocol
 
 import anyio
 from sqlalchemy import make_url, select
 
 from motif.config import Settings
-from motif.service.blobs import AREAS, BlobStore, LocalBlobStore
+from motif.service.blobs import AREAS, BlobStore, open_blob_store
 from motif.service.engine_host import EngineHost, ModelState
 from motif.service.events import JobEvents
-from motif.service.jobs import JobQueue
+from motif.service.jobs import JobKind, JobQueue
 from motif.service.metrics import Metrics
 from motif.service.migrations import head
 from motif.service.peaks import PeaksCache
@@ -45,6 +51,17 @@ class DataDirBusyError(RuntimeError):
     """Another Motif server already serves this DATA_DIR (two would re-queue each other's jobs)."""
 
 
+class Dispatcher(Protocol):
+    """How jobs reach whoever runs them: `Workers` (threads in this process) or `CeleryDispatcher` (a broker)."""
+
+    def start(self) -> None: ...
+    def wake(self, kind: JobKind, job_id: str | None = None) -> None: ...
+    def cancel(self, job_id: str) -> None: ...
+    def alive(self) -> dict[str, bool]: ...
+    def warming(self) -> dict[str, bool]: ...
+    def stop(self, timeout: float = 30.0) -> None: ...
+
+
 @dataclass
 class Services:
     settings: Settings
@@ -53,7 +70,7 @@ class Services:
     queue: JobQueue
     host: EngineHost
     events: JobEvents
-    workers: Workers
+    workers: Dispatcher
     decode_limiter: anyio.CapacityLimiter  # uploads decoded at once: bounds memory, not only CPU
     upload_limiter: anyio.CapacityLimiter  # upload requests in flight; more are refused with 503
     quotas: Quotas
@@ -65,14 +82,17 @@ class Services:
 
     def __post_init__(self) -> None:
         self.peaks = PeaksCache(self.blobs)
+        self._idle_streams = AudioStreams(self.events)
         secret = self.settings.media_token_secret
         self.media_secret = secret.encode() if secret else secrets.token_bytes(32)
 
     @property
     def streams(self) -> AudioStreams:
-        """The live audio of running generations (the generation worker writes it)."""
-        return self.workers.ctx.streams
-
+        """The live audio of this process's running generations (its generation worker writes it). With a
+        broker, generations run in `motif worker` processes: live audio is then not served by the API."""
+        if isinstance(self.workers, Workers):
+            return self.workers.ctx.streams
+        return self._idle_streams  # nothing in this process writes to it: listeners get the final file
     @property
     def engine(self) -> Engine:
         """The Engine; in the first second or two after start-up this waits while a worker imports it."""
@@ -80,22 +100,25 @@ class Services:
 
     def model_states(self) -> list[ModelState]:
         """Each model: loading (a worker loads it now), loaded, available, missing or error; never loads one."""
+        if self.settings.distributed:
+            from motif.service.celery_app import CeleryDispatcher
+
+            assert isinstance(self.workers, CeleryDispatcher)
+            return self.workers.model_states()
         return self.host.model_states(self.workers.warming())
 
 
 def open_services(settings: Settings, start_workers: bool = True, metrics: Metrics | None = None) -> Services:
-    """Everything the API needs, ready to serve; `metrics` hears the workers' jobs. Raises DataDirBusyError."""
+    """Everything the API needs, ready to serve; `metrics` hears the workers' jobs.
+
+    Raises DataDirBusyError, SchemaError.
+    """
     settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if settings.distributed:
+        return _open_distributed(settings, start_workers)
     lock = _lock_data_dir(settings.data_dir)
-    _private_sqlite_file(settings.resolved_database_url)
-    db = Database(settings.resolved_database_url)
-    if settings.auto_migrate:
-        found = db.migrate()
-        if found != head():
-            log.info("database schema upgraded from %s to %s", found or "nothing", head())
-    else:
-        db.check_schema()  # raises SchemaError naming `motif db upgrade`
-    blobs = LocalBlobStore(settings.data_dir)
+    db = _open_database(settings)
+    blobs = open_blob_store(settings.storage_url, settings.data_dir, settings.s3_endpoint_url)
     queue = JobQueue(db, settings.max_job_attempts)
     host = EngineHost(settings)
     queue.recover()
@@ -114,6 +137,38 @@ def open_services(settings: Settings, start_workers: bool = True, metrics: Metri
     services = Services(settings, db, blobs, queue, host, events, workers, decodes, uploads, Quotas(settings, db),
                         lock, webhooks=webhooks)  # fmt: skip
     if start_workers:
+        from motif.service.retention import RetentionSweeper
+
+        services.sweeper = RetentionSweeper(services)
+        services.sweeper.start()
+    return services
+
+
+def _open_database(settings: Settings) -> Database:
+    _private_sqlite_file(settings.resolved_database_url)
+    db = Database(settings.resolved_database_url)
+    if settings.auto_migrate:
+        found = db.migrate()
+        if found != head():
+            log.info("database schema upgraded from %s to %s", found or "nothing", head())
+    else:
+        db.check_schema()  # raises SchemaError naming `motif db upgrade`
+    return db
+
+
+def _open_distributed(settings: Settings, start_sweeper: bool) -> Services:
+    """An API process of a cluster: shared database and storage, jobs published to the broker."""
+    from motif.service.celery_app import CeleryDispatcher
+
+    db = _open_database(settings)
+    blobs = open_blob_store(settings.storage_url, settings.data_dir, settings.s3_endpoint_url)
+    queue = JobQueue(db, settings.max_job_attempts)
+    decodes = anyio.CapacityLimiter(settings.max_concurrent_decodes)
+    uploads = anyio.CapacityLimiter(settings.max_concurrent_uploads)
+    # The EngineHost only answers check_mode and pipeline_version here; models load in `motif worker`.
+    services = Services(settings, db, blobs, queue, EngineHost(settings), JobEvents(), CeleryDispatcher(settings),
+                        decodes, uploads, Quotas(settings, db))  # fmt: skip
+    if start_sweeper:
         from motif.service.retention import RetentionSweeper
 
         services.sweeper = RetentionSweeper(services)

@@ -20,6 +20,7 @@ from sqlalchemy import select
 from motif.config import Settings
 from motif.engine.types import CLAP_SAMPLE_RATE, GenerationMode, GenerationParams, GenerationResult, OutputFormat
 from motif.errors import GenerationCancelled, ModelUnavailableError, MotifError
+from motif.service import vectors
 from motif.service.blobs import BlobStore
 from motif.service.engine_host import EngineHost
 from motif.service.events import QUEUE_TOPIC, JobEvents
@@ -170,6 +171,8 @@ class EmbeddingWorker(_Worker):
         with ctx.db.transaction() as session:
             if session.get(AudioRow, job.audio_id) is not None:
                 save_embedding(session, job.audio_id, model, version, vector)
+                if vector.size == vectors.DIM and vectors.indexed(ctx.db):
+                    vectors.store(session, job.audio_id, model, vector)
                 ctx.queue.complete(job.id, {"model": model, "dim": int(vector.size)}, session=session)
         self.observe(job.id, "completed")
         ctx.events.publish(job.id)
@@ -286,6 +289,10 @@ class GenerationWorker(_Worker):
             self.cancelled.discard(row.id)
             self._cancel_checked.pop(row.id, None)
 
+    def result_extra(self, row: JobRow) -> dict[str, Any]:
+        """More for the result's summary (distributed workers say which worker ran it, in what batch)."""
+        return {}
+
     def store(self, row: JobRow, result: GenerationResult) -> None:
         """Write the audio first, then mark the row completed: a crash in between only re-runs the job."""
         from motif.audio import encode_audio
@@ -296,7 +303,8 @@ class GenerationWorker(_Worker):
         self.ctx.blobs.put_bytes(key, data)
         summary = {"similarity": result.similarity, "description": result.description, "seed": result.seed,
                    "mode": result.mode.value, "sample_rate": result.sample_rate,
-                   "duration": result.audio.shape[0] / result.sample_rate, "timings": result.timings}  # fmt: skip
+                   "duration": result.audio.shape[0] / result.sample_rate, "timings": result.timings,
+                   **self.result_extra(row)}  # fmt: skip
         if not self.ctx.queue.complete(row.id, summary, key, output_bytes=len(data)):
             self.ctx.blobs.delete(key)  # deleted or cancelled meanwhile
             self.observe(row.id, "cancelled")
@@ -365,7 +373,7 @@ class Workers:
         for thread in self._threads.values():
             thread.start()
 
-    def wake(self, kind: JobKind) -> None:
+    def wake(self, kind: JobKind, job_id: str | None = None) -> None:
         self._threads[kind].wakeup.set()
 
     def cancel(self, job_id: str) -> None:

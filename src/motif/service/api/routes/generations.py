@@ -6,15 +6,16 @@ import re
 from pathlib import PurePath
 from typing import Annotated
 
-from fastapi import APIRouter, Body, HTTPException, Query
+from fastapi import APIRouter, Body, Header, HTTPException, Query
 from fastapi.responses import FileResponse, JSONResponse, Response
 
 from motif.engine import OutputFormat
 from motif.errors import InvalidRequestError
 from motif.service import library
+from motif.service.api.blob_response import blob_response
 from motif.service.api.deps import AudioId, GenerationId, Limit, Offset, ServicesDep
 from motif.service.api.errors import responses
-from motif.service.api.schemas import GenerationList, GenerationRequest, GenerationStatus
+from motif.service.api.schemas import ErrorMessage, GenerationList, GenerationRequest, GenerationStatus
 from motif.service.api.security import PrincipalDep, ScopeDep, quota_error
 from motif.service.events import QUEUE_TOPIC
 from motif.service.jobs import JobStatus
@@ -119,9 +120,14 @@ def cancel_generation(generation_id: GenerationId, services: ServicesDep, scope:
 @router.get(
     "/download/{generation_id}", response_class=FileResponse,
     responses={200: {"content": {t: {} for t in MEDIA_TYPES.values()}, "description": "the audio"},
-               206: {"description": "the requested byte range"}, **responses(404, 409)},
+               206: {"description": "the requested byte range"},
+               302: {"description": "S3 with DOWNLOAD_REDIRECT=true: a short-lived presigned URL"},
+               416: {"model": ErrorMessage, "description": "the range is outside the file"}, **responses(404, 409)},
 )  # fmt: skip
-def download(generation_id: GenerationId, services: ServicesDep, scope: ScopeDep) -> Response:
+def download(
+    generation_id: GenerationId, services: ServicesDep, scope: ScopeDep,
+    range_header: Annotated[str | None, Header(alias="Range", include_in_schema=False)] = None,
+) -> Response:  # fmt: skip
     """The generated audio (WAV 32 kHz by default). Supports HTTP Range so players can seek."""
     row = _require(services, scope, generation_id)
     if row.status != JobStatus.COMPLETED.value or row.output_key is None:
@@ -131,11 +137,9 @@ def download(generation_id: GenerationId, services: ServicesDep, scope: ScopeDep
         elif not JobStatus(row.status).is_final:
             detail += f" ({row.progress:.0f}%); poll /api/status/{generation_id}"
         raise HTTPException(409, detail)
-    path = services.blobs.local_path(row.output_key)
-    if path is None or not path.is_file():
-        raise HTTPException(404, f"the audio of generation {generation_id} is missing from storage")
     fmt = OutputFormat(row.params.get("format", OutputFormat.WAV.value))
-    return FileResponse(path, media_type=MEDIA_TYPES[fmt], filename=_download_name(services, scope, row, fmt))
+    name = _download_name(services, scope, row, fmt)
+    return blob_response(services.blobs, services.settings, row.output_key, MEDIA_TYPES[fmt], name, range_header)
 
 
 def _download_name(services: Services, scope: Scope, row: JobRow, fmt: OutputFormat) -> str:

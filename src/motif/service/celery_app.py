@@ -1,0 +1,154 @@
+"""Celery, when BROKER_URL is set: the app's configuration, its two tasks, and the API side's dispatcher.
+
+A message carries only a job id and only wakes a worker: the worker claims the fairest queued job of
+that kind from the database (`JobQueue.claim`), which may be another than the one named. So a duplicate
+or stale message does nothing harmful: it claims nothing, or a job that needed a worker anyway. The job
+row stays the truth; leases (`motif.service.leases`) recover jobs whose worker died.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from typing import Any
+
+from celery import Celery
+from kombu import Queue
+
+from motif.config import Settings
+from motif.engine.types import ModelState
+from motif.service.jobs import JobKind
+
+log = logging.getLogger(__name__)
+
+TASKS = {JobKind.GENERATION: "motif.generate", JobKind.EMBEDDING: "motif.embed"}
+QUEUES = {JobKind.GENERATION: "generation", JobKind.EMBEDDING: "embedding"}
+WORKER_PROBE_SECONDS = 5.0  # /api/health asks the workers which queues they serve at most this often
+WORKER_PROBE_TIMEOUT = 1.0  # seconds to wait for the workers' replies
+
+
+def make_celery(settings: Settings) -> Celery:
+    """The Celery app for BROKER_URL (redis://, rediss:// or sqs://), configured for long, leased jobs."""
+    assert settings.broker_url
+    app = Celery("motif", broker=settings.broker_url, set_as_current=False)
+    transport: dict[str, Any] = {
+        # Redis/SQS redeliver a message not acked this long after delivery. With acks_late a generation's
+        # message stays unacked while it runs, so this must exceed the longest job or a running job gets a
+        # second delivery (harmless: its claim finds nothing, but it costs a slot). A dead worker's job does
+        # not wait for it: the lease sweeper re-publishes after JOB_LEASE_SECONDS.
+        "visibility_timeout": settings.broker_visibility_seconds,
+    }
+    if settings.broker_url.startswith("sqs://"):
+        transport.update(queue_name_prefix="motif-", wait_time_seconds=10, polling_interval=1)
+    app.conf.update(
+        task_queues=[Queue(name) for name in QUEUES.values()],
+        task_routes={TASKS[kind]: {"queue": QUEUES[kind]} for kind in JobKind},
+        task_serializer="json",
+        accept_content=["json"],
+        # The job row is the result: no result backend, nothing to expire or clean.
+        task_ignore_result=True,
+        # acks_late: a message is acked when its task returns, so a worker that dies between receiving it and
+        # claiming the job leaves the message to be delivered again (the lease covers a death after the claim).
+        task_acks_late=True,
+        # A worker killed mid-task must not have its message acked (that is Celery's default for acks_late on
+        # a lost prefork child); redelivery is a no-op if the sweeper already re-ran the job.
+        task_reject_on_worker_lost=True,
+        # One reserved message per pool thread: a busy worker does not hoard wake-ups that an idle worker
+        # could take; the batching comes from several threads feeding one decode loop, not from prefetch.
+        worker_prefetch_multiplier=1,
+        broker_transport_options=transport,
+        broker_connection_retry_on_startup=True,
+        # Never revoke/terminate: cancellation is the job row's flag, read by the decode loop between steps.
+        worker_enable_remote_control=True,
+        worker_hijack_root_logger=False,
+        task_default_queue=QUEUES[JobKind.GENERATION],
+    )
+    return app
+
+
+class CeleryDispatcher:
+    """The API side's seam with the workers when BROKER_URL is set (`Workers` is the embedded one).
+
+    Publishes a wake-up per new job; cancellation is the database flag `JobQueue.request_cancel` sets.
+    """
+
+    def __init__(self, settings: Settings, app: Celery | None = None) -> None:
+        self.settings = settings
+        self.app = app or make_celery(settings)
+        self._probe_lock = threading.Lock()
+        self._probed_at = -WORKER_PROBE_SECONDS
+        self._served: dict[str, int] = {}
+        self._woken: dict[str, float] = {}  # job id -> when its wake-up was published (monotonic s)
+
+    def start(self) -> None:
+        """Nothing runs here: jobs run in `motif worker` processes."""
+
+    def wake(self, kind: JobKind, job_id: str | None = None) -> None:
+        """Publish a wake-up for `kind`. Never raises: a job whose message was lost is published again by the
+        workers' sweeper once it has waited a lease (see `leases.unclaimed`).
+
+        A job already published in the last JOB_LEASE_SECONDS is not published again (a client polling
+        GET /embedding of a queued upload would otherwise add a message per request).
+        """
+        if job_id is not None and not self._first_wake(job_id):
+            return
+        try:
+            self.app.send_task(TASKS[kind], args=[job_id], queue=QUEUES[kind],
+                               retry=True, retry_policy={"max_retries": 3, "interval_start": 0.2})  # fmt: skip
+        except Exception:
+            log.exception("could not publish %s job %s; the sweeper will publish it again", kind.value, job_id)
+
+    def _first_wake(self, job_id: str) -> bool:
+        now = time.monotonic()
+        with self._probe_lock:
+            if len(self._woken) > 10_000:  # forget the old ones; memory stays bounded
+                self._woken = {j: t for j, t in self._woken.items() if now - t < self.settings.job_lease_seconds}
+            if now - self._woken.get(job_id, -math.inf) < self.settings.job_lease_seconds:
+                return False
+            self._woken[job_id] = now
+            return True
+
+    def cancel(self, job_id: str) -> None:
+        """The flag is in the job row already; the worker's heartbeat reads it within a second."""
+
+    def served(self) -> dict[str, int]:
+        """{queue: number of workers consuming it}, asked of the workers at most every WORKER_PROBE_SECONDS."""
+        with self._probe_lock:
+            if time.monotonic() - self._probed_at >= WORKER_PROBE_SECONDS:
+                try:
+                    replies = self.app.control.inspect(timeout=WORKER_PROBE_TIMEOUT).active_queues() or {}
+                except Exception:  # broker unreachable: no worker can be reached either
+                    log.warning("could not reach the broker to ask the workers", exc_info=True)
+                    replies = {}
+                served: dict[str, int] = {}
+                for queues in replies.values():
+                    for queue in queues:
+                        served[queue["name"]] = served.get(queue["name"], 0) + 1
+                self._served, self._probed_at = served, time.monotonic()
+            return dict(self._served)
+
+    def alive(self) -> dict[str, bool]:
+        served = self.served()
+        return {kind.value: served.get(QUEUES[kind], 0) > 0 for kind in JobKind}
+
+    def warming(self) -> dict[str, bool]:
+        return {kind.value: False for kind in JobKind}
+
+    def model_states(self) -> list[ModelState]:
+        """Models live in the workers: loaded where some worker serves the role's queue."""
+        served = self.served()
+        ids = {JobKind.GENERATION: self.settings.generation_model, JobKind.EMBEDDING: self.settings.embedding_model}
+        states = []
+        for kind in JobKind:
+            n = served.get(QUEUES[kind], 0)
+            if n:
+                states.append(ModelState(kind.value, ids[kind], "loaded", f"in {n} `motif worker` process(es)"))
+            else:
+                detail = f"no `motif worker` consumes the {QUEUES[kind]} queue yet (jobs wait in the queue)"
+                states.append(ModelState(kind.value, ids[kind], "available", detail))
+        return states
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self.app.close()
