@@ -88,6 +88,18 @@ class BlobStore(ABC):
         return None
 
 
+@contextmanager
+def staged_file(directory: Path) -> Iterator[Path]:
+    """A new empty temp file in `directory` (swept at start-up if a crash leaves it), removed on exit."""
+    fd, name = tempfile.mkstemp(dir=directory, prefix=TEMP_PREFIX, suffix=".part")
+    os.close(fd)
+    path = Path(name)
+    try:
+        yield path
+    finally:
+        path.unlink(missing_ok=True)
+
+
 class LocalBlobStore(BlobStore):
     """Blobs as files under `root` (DATA_DIR): root/uploads, root/processed, root/generated."""
 
@@ -104,13 +116,8 @@ class LocalBlobStore(BlobStore):
     def staging(self, area: str) -> Iterator[Path]:
         if area not in AREAS:
             raise ValueError(f"unknown area {area!r}")
-        fd, name = tempfile.mkstemp(dir=self.root / area, prefix=TEMP_PREFIX, suffix=".part")
-        os.close(fd)
-        path = Path(name)
-        try:
+        with staged_file(self.root / area) as path:
             yield path
-        finally:
-            path.unlink(missing_ok=True)
 
     def put_file(self, key: str, path: Path) -> None:
         target = self._path(key)

@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
-from motif.service.blobs import AREAS, TEMP_PREFIX, BlobStore, check_key
+from motif.service.blobs import AREAS, TEMP_PREFIX, BlobStore, check_key, staged_file
 
 MiB = 1024 * 1024
 PART_SIZE = 16 * MiB  # multipart part size: memory per upload stream is about one part per thread
@@ -49,13 +49,8 @@ class S3BlobStore(BlobStore):
     def staging(self, area: str) -> Iterator[Path]:
         if area not in AREAS:
             raise ValueError(f"unknown area {area!r}")
-        fd, name = tempfile.mkstemp(dir=self.staging_dir, prefix=TEMP_PREFIX, suffix=".part")
-        os.close(fd)
-        path = Path(name)
-        try:
+        with staged_file(self.staging_dir) as path:
             yield path
-        finally:
-            path.unlink(missing_ok=True)
 
     def put_file(self, key: str, path: Path) -> None:
         self.client.upload_file(str(path), self.bucket, self._name(key), Config=self.transfer)
