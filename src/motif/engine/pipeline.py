@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from motif.config import Settings
-from motif.engine import models
+from motif.engine import kernels, models
 from motif.engine.codec import cast_codec_decoder
 from motif.engine.embedder import Embedder
 from motif.engine.generator import DecodeTask, MusicGenerator
@@ -62,6 +62,7 @@ class Engine:
         self._errors: dict[str, str] = {}
         if settings.num_threads:
             torch.set_num_threads(settings.num_threads)
+        kernels.select_cpu_path(settings.cpu_path)
 
     # ---------------------------------------------------------------- models
 
