@@ -34,6 +34,10 @@ class Settings(BaseSettings):
     cpu_path: Literal["auto", "avx512", "avx2", "torch"] = Field(
         "auto", description="int8 kernels: auto = avx512 with AVX512-VNNI, else avx2 with AVX2+FMA, else torch"
     )
+    embedding_threads: int = Field(0, ge=0, description="threads an embedding uses; 0 = half the cores")
+    generation_threads: int = Field(
+        0, ge=0, description="threads a decode step uses; 0 = all cores, less EMBEDDING_THREADS while one runs"
+    )
 
     # Input limits
     max_file_size: int = Field(100 * MiB, gt=0, description="bytes")

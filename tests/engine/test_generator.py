@@ -158,6 +158,29 @@ def test_a_seeded_job_gets_the_same_audio_alone_batched_and_joining_late(loaded_
     assert np.array_equal(alone["x"], batched["x"])
 
 
+@needs_kernel
+def test_without_guidance_a_job_steps_one_row_and_gets_the_same_audio_alone_and_batched(
+    loaded_int8: LoadedGenerator,
+) -> None:
+    """cfg_coef 1 never uses the unconditional logits, so its row is never computed; rows of other widths
+    around it shift down when a job leaves, and its audio stays what it is alone."""
+    generator = MusicGenerator(loaded_int8, max_batch=4, int8=True)
+    rows: list[int] = []
+    step = generator.decoder.step
+    generator.decoder.step = lambda tokens: rows.append(tokens.shape[0]) or step(tokens)  # type: ignore[method-assign]
+    no_cfg = GenerationParams(duration=3.0, seed=5, cfg_coef=1.0)
+    alone: dict = {}
+    generator.run([_task("x", 5, 3.0, alone, params=no_cfg)])
+    assert set(rows) == {1}
+    rows.clear()
+    batched: dict = {}
+    generator.run([_task("short", 1, 1.0, batched), _task("x", 5, 3.0, batched, params=no_cfg),
+                   _task("long", 3, 4.0, batched)])  # fmt: skip
+    assert list(dict.fromkeys(rows)) == [5, 3, 2]  # 2 + 1 + 2 rows; then "short" leaves; then "x"
+    assert np.array_equal(alone["x"], batched["x"])
+    assert batched["long"].shape == (4 * SAMPLE_RATE,)
+
+
 def test_progress_is_monotonic_and_cancel_stops_only_that_job(loaded: LoadedGenerator) -> None:
     outcomes: dict = {}
     seen: list[float] = []

@@ -18,6 +18,7 @@ from motif.engine import kernels, models
 from motif.engine.codec import cast_codec_decoder
 from motif.engine.embedder import Embedder
 from motif.engine.generator import DecodeTask, MusicGenerator
+from motif.engine.threads import CoreBudget, available_cores
 from motif.engine.types import (
     CLAP_SAMPLE_RATE,
     FRAMES_PER_SECOND,
@@ -63,6 +64,8 @@ class Engine:
         if settings.num_threads:
             torch.set_num_threads(settings.num_threads)
         kernels.select_cpu_path(settings.cpu_path)
+        self.cores = CoreBudget(settings.num_threads or available_cores(), settings.embedding_threads,
+                                settings.generation_threads)  # fmt: skip
 
     # ---------------------------------------------------------------- models
 
@@ -111,6 +114,7 @@ class Engine:
             overlap_frames=int(s.extend_overlap_seconds * FRAMES_PER_SECOND),
             max_batch=s.max_batch_size,
             int8=precision == "int8",
+            before_step=self.cores.apply_generation_threads,
         )
 
     def _load_embedder(self) -> Embedder:
@@ -149,11 +153,13 @@ class Engine:
         """(samples,) mono float32 at any rate -> (512,) float32, L2 norm 1, deterministic."""
         from motif.audio import resample
 
-        return self.embedder.embed_audio(resample(samples, sample_rate, CLAP_SAMPLE_RATE))
+        with self.cores.embedding_work():
+            return self.embedder.embed_audio(resample(samples, sample_rate, CLAP_SAMPLE_RATE))
 
     def embed_text(self, texts: list[str]) -> np.ndarray:
         """-> (n, 512) float32 rows of norm 1, in the same space as embed_audio."""
-        return self.embedder.embed_text(texts)
+        with self.cores.embedding_work():
+            return self.embedder.embed_text(texts)
 
     # ---------------------------------------------------------------- generation
 
