@@ -28,7 +28,9 @@ def loaded_int8(model_cache: Path) -> LoadedGenerator:
 
 # Batch invariance holds bit for bit on the kernel paths, which compute each row on its own. fp32 goes
 # through MKL, whose matmul rounds 2 and 6 rows differently (about 1e-7): a sampled token can then flip.
-needs_kernel = pytest.mark.skipif(kernels.load_kernel() is None, reason="no AVX512-VNNI CPU or no gcc")
+needs_kernel = pytest.mark.skipif(
+    kernels.load_kernel() is None, reason=f"CPU paths avx512 and avx2 NOT TESTED ({kernels.resolve_cpu_path()})"
+)
 
 
 @pytest.fixture(scope="module")
