@@ -2,9 +2,11 @@
 
     python test_pipeline.py [FILE]
 
-Without FILE a short synthetic piece is written to data/uploads/test_input.wav and used. Settings come
-from the environment and .env as for the server, so `GENERATION_MODEL=tiny EMBEDDING_MODEL=tiny python
-test_pipeline.py` runs offline. Writes data/processed/test_embedding.npy and data/generated/test_generated.wav.
+Without FILE a short synthetic piece is written to DATA_DIR/pipeline-test/test_input.wav and used. Settings
+come from the environment and .env as for the server, so `GENERATION_MODEL=tiny EMBEDDING_MODEL=tiny python
+test_pipeline.py` runs offline. Writes DATA_DIR/pipeline-test/test_embedding.npy and test_generated.wav: a
+folder of its own, since the server's start removes files in uploads/, processed/ and generated/ that no row
+of its database points at.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+OUTPUT_DIR = "pipeline-test"  # under DATA_DIR, outside the areas a server start sweeps
 
 
 def make_test_audio(path: Path, seconds: float = 12.0, sample_rate: int = 32_000) -> Path:
@@ -42,8 +46,8 @@ def main(argv: list[str]) -> int:
     from motif.errors import MotifError
 
     settings = Settings()
-    data = settings.data_dir
-    source = Path(argv[0]) if argv else make_test_audio(data / "uploads" / "test_input.wav")
+    out_dir = settings.data_dir / OUTPUT_DIR
+    source = Path(argv[0]) if argv else make_test_audio(out_dir / "test_input.wav")
     engine = Engine(settings)
     try:
         started = time.perf_counter()
@@ -52,16 +56,15 @@ def main(argv: list[str]) -> int:
         analysis = analyze(decoded.samples, decoded.sample_rate).to_dict()
         print(f"2. analysis: {analysis}")
         vector = engine.embed_audio(decoded.samples, decoded.sample_rate)
-        (data / "processed").mkdir(parents=True, exist_ok=True)
-        np.save(data / "processed" / "test_embedding.npy", vector)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        np.save(out_dir / "test_embedding.npy", vector)
         print(f"3. embedding ({settings.embedding_model}): {vector.shape[0]}-d, norm {np.linalg.norm(vector):.4f}")
         params = GenerationParams(duration=5.0, seed=0)
         def show(percent: float) -> None:
             print(f"\r4. generating: {percent:3.0f}%", end="", flush=True)
 
         result = engine.generate(decoded.samples, decoded.sample_rate, params, progress=show)
-        (data / "generated").mkdir(parents=True, exist_ok=True)
-        out = write_audio(data / "generated" / "test_generated.wav", result.audio, result.sample_rate, "wav")
+        out = write_audio(out_dir / "test_generated.wav", result.audio, result.sample_rate, "wav")
         print(f"\n5. wrote {out}: {result.audio.size / result.sample_rate:.2f} s, similarity {result.similarity}")
         print(f"done in {time.perf_counter() - started:.1f} s")
     except MotifError as error:

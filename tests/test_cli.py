@@ -58,6 +58,17 @@ def test_generate_writes_audio_of_the_requested_length(env: dict[str, str], song
     assert "seed 3" in result.stdout
 
 
+def test_generate_a_loop_of_whole_bars_from_a_section(env: dict[str, str], song: Path, tmp_path: Path) -> None:
+    out = tmp_path / "loop.wav"
+    args = ["generate", str(song), "-o", str(out), "--duration", "7", "--loop", "--bpm", "120", "--key", "A minor",
+            "--start", "1", "--end", "4", "--seed", "2"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    audio, rate = sf.read(out)
+    assert rate == 32_000 and audio.shape[0] == 8 * 32_000  # four 2 s bars at 120 BPM
+    assert "120 BPM, in A minor" in result.stdout
+
+
 def test_bad_input_exits_2_with_the_reason(env: dict[str, str], tmp_path: Path) -> None:
     text = tmp_path / "notes.wav"
     text.write_text("definitely not audio")
@@ -78,7 +89,11 @@ def test_test_pipeline_script_writes_embedding_and_audio(env: dict[str, str], tm
                           cwd=tmp_path, capture_output=True, text=True, timeout=300)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     data = Path(env["DATA_DIR"])
-    vector = np.load(data / "processed" / "test_embedding.npy")
+    from motif.config import Settings
+    from motif.service.runtime import close_services, open_services
+
+    close_services(open_services(Settings(_env_file=None, data_dir=data), start_workers=False))  # a server start
+    vector = np.load(data / "pipeline-test" / "test_embedding.npy")
     assert vector.shape == (512,)
-    audio, rate = sf.read(data / "generated" / "test_generated.wav")
+    audio, rate = sf.read(data / "pipeline-test" / "test_generated.wav")
     assert rate == 32_000 and audio.shape[0] == 5 * 32_000

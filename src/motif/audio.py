@@ -295,17 +295,17 @@ def resample(samples: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
 
 
 def measure_loudness(samples: np.ndarray, sample_rate: int) -> float | None:
-    """Integrated loudness of (frames,) mono in LUFS (ITU-R BS.1770-4, pyloudnorm).
+    """Integrated loudness of (frames,) mono or (frames, channels) in LUFS (ITU-R BS.1770-4, pyloudnorm).
 
     None for digital silence or audio entirely below the -70 LUFS gate. Clips shorter than one 400 ms
     gating block are measured as if looped, which keeps their mean square.
     """
-    samples = np.nan_to_num(np.asarray(samples, dtype=np.float64).reshape(-1))
+    samples = np.nan_to_num(_frames_first(np.asarray(samples, dtype=np.float64)))
     if not samples.any():
         return None
     block = math.ceil(0.4 * sample_rate) + 1
     if samples.shape[0] < block:
-        samples = np.tile(samples, -(-block // samples.shape[0]))
+        samples = np.tile(samples, (-(-block // samples.shape[0]),) + (1,) * (samples.ndim - 1))
     with np.errstate(divide="ignore", invalid="ignore"):
         lufs = pyloudnorm.Meter(sample_rate).integrated_loudness(samples)
     return float(lufs) if np.isfinite(lufs) else None
@@ -322,8 +322,11 @@ def _oversampling(sample_rate: int) -> int:
 
 
 def _peak_envelope(samples: np.ndarray, sample_rate: int) -> np.ndarray:
-    """(frames,) -> (frames,) float32 largest magnitude of the oversampled signal around each sample."""
+    """(frames,) or (frames, channels) -> (frames,) float32 largest magnitude of the oversampled signal around
+    each sample, over all channels (a stereo limiter must act on both channels alike)."""
     samples = np.asarray(samples, dtype=np.float32)
+    if samples.ndim == 2:
+        return np.max([_peak_envelope(channel, sample_rate) for channel in samples.T], axis=0, initial=0.0)
     n, k = samples.shape[0], _oversampling(sample_rate)
     if n == 0:
         return np.zeros(0, np.float32)
@@ -352,13 +355,14 @@ def loudness_normalize(
     target_lufs: float = TARGET_LUFS,
     true_peak_dbtp: float = TRUE_PEAK_DBTP,
 ) -> np.ndarray:
-    """(frames,) mono -> (frames,) float32 at `target_lufs` integrated, true peak <= `true_peak_dbtp`.
+    """(frames,) or (frames, channels) -> the same shape, float32, at `target_lufs` integrated and true peak
+    <= `true_peak_dbtp` (one gain for all channels, so the stereo image is kept).
 
     Gain to the target, then a lookahead peak limiter where the gain pushed peaks over the ceiling;
     done twice, since limiting lowers loudness. Very peaky audio may end below the target: the ceiling
     wins. Silence (or audio below the -70 LUFS gate) gets no gain; NaN/Inf become 0.
     """
-    x = np.nan_to_num(np.asarray(samples, dtype=np.float32).reshape(-1), nan=0.0, posinf=0.0, neginf=0.0)
+    x = np.nan_to_num(_frames_first(np.asarray(samples, dtype=np.float32)), nan=0.0, posinf=0.0, neginf=0.0)
     ceiling = _peak_ceiling(true_peak_dbtp, sample_rate)
     for _ in range(2):
         lufs = measure_loudness(x, sample_rate)
@@ -380,10 +384,15 @@ def _limit(x: np.ndarray, sample_rate: int, ceiling: float) -> tuple[np.ndarray,
     # needed at the centre sample, so the smoothed gain never lets a peak through.
     w = max(1, round(LIMITER_WINDOW_S * sample_rate))
     gain = uniform_filter1d(minimum_filter1d(needed, 2 * w + 1, mode="nearest"), 2 * w + 1, mode="nearest")
-    x = (x * gain).astype(np.float32)
+    x = (x * (gain[:, None] if x.ndim == 2 else gain)).astype(np.float32)
     # Gain shaping can move inter-sample peaks slightly: a final static trim closes the gap.
     peak = float(_peak_envelope(x, sample_rate).max())
     return (x * np.float32(ceiling / peak) if peak > ceiling else x), True
+
+
+def _frames_first(samples: np.ndarray) -> np.ndarray:
+    """(frames, channels) stays; anything else is flattened to (frames,) mono."""
+    return samples if samples.ndim == 2 else samples.reshape(-1)
 
 
 def encode_audio(samples: np.ndarray, sample_rate: int, fmt: OutputFormat | str = OutputFormat.WAV) -> bytes:

@@ -98,6 +98,12 @@ def generate(
     prompt: Annotated[str | None, typer.Option(help="optional text to steer the music")] = None,
     seed: Annotated[int | None, typer.Option(help="same seed and parameters: same audio")] = None,
     fmt: Annotated[OutputFormat | None, typer.Option("--format", help="default: from the file name")] = None,
+    start: Annotated[float | None, typer.Option(min=0, help="continuation: section start in FILE, s")] = None,
+    end: Annotated[float | None, typer.Option(min=0, help="continuation: section end in FILE, s")] = None,
+    include_prompt: Annotated[bool, typer.Option(help="continuation: the section, then its continuation")] = False,
+    loop: Annotated[bool, typer.Option(help="a seamless loop of whole bars near --duration")] = False,
+    bpm: Annotated[float | None, typer.Option(min=30, max=300, help="tempo hint (and the loop's tempo)")] = None,
+    key: Annotated[str | None, typer.Option(help='key hint, e.g. "A minor"')] = None,
 ) -> None:
     """Generate new music like FILE and write it to OUTPUT (WAV 32 kHz unless --format or suffix says)."""
     from motif.audio import load_audio, write_audio
@@ -106,7 +112,9 @@ def generate(
     settings = _settings()
     fmt = fmt or _format_from_suffix(output)
     params = GenerationParams(duration=duration, temperature=temperature, top_k=top_k, top_p=top_p,
-                              cfg_coef=cfg_coef, mode=mode, prompt=prompt, seed=seed, format=fmt)  # fmt: skip
+                              cfg_coef=cfg_coef, mode=mode, prompt=prompt, seed=seed, format=fmt,
+                              continuation_start=start, continuation_end=end, include_prompt=include_prompt,
+                              loop=loop, bpm=bpm, key=key)  # fmt: skip
     try:
         decoded = load_audio(file, sample_rate=32_000, max_duration=settings.max_duration)
         with _progress() as progress:
@@ -117,7 +125,8 @@ def generate(
     except MotifError as error:
         _fail(error)
     similarity = "n/a" if result.similarity is None else f"{result.similarity:.3f}"
-    typer.echo(f"wrote {output} ({duration:g} s, mode {result.mode}, seed {result.seed}, similarity {similarity})")
+    seconds = result.audio.shape[0] / result.sample_rate
+    typer.echo(f"wrote {output} ({seconds:g} s, mode {result.mode}, seed {result.seed}, similarity {similarity})")
     if result.description:
         typer.echo(f"description: {result.description}")
 
@@ -170,11 +179,15 @@ def models_pull() -> None:
 
 
 @app.command()
-def bench(quick: Annotated[bool, typer.Option(help="small shapes, for CI smoke")] = False) -> None:
+def bench(
+    quick: Annotated[bool, typer.Option(help="small shapes, for CI smoke")] = False,
+    shape: Annotated[str, typer.Option(help="MusicGen architecture: small, medium, large, melody, stereo-small, ...")]
+    = "small",
+) -> None:  # fmt: skip
     """Benchmark the real architectures (random weights): baseline vs Motif, batching, CLAP, memory."""
     from motif import bench as bench_module
 
-    sys.exit(bench_module.main(["--quick"] if quick else []))
+    sys.exit(bench_module.main([*(["--quick"] if quick else []), "--shape", shape]))
 
 
 @app.command()
@@ -185,14 +198,19 @@ def serve(
     """Run the HTTP API (what start.sh runs)."""
     import uvicorn
 
-    settings = _settings()
+    from motif.service.logs import configure_logging
+
+    settings = Settings()
+    configure_logging(settings)  # LOG_FORMAT for every logger, uvicorn's too, with secrets redacted
     bind = host or settings.bind_host
     if not settings.require_api_key and not _is_loopback(bind):
         console.print(f"[bold red]WARNING: serving on {bind} WITHOUT API KEYS: anyone who can reach this address "
                       "can read, generate and delete every track. Set REQUIRE_API_KEY=true (and create keys with "
                       "`motif keys create NAME`) or HOST=127.0.0.1.[/]")  # fmt: skip
-    uvicorn.run("motif.service.api.app:create_app", factory=True, host=bind,
-                port=port or settings.port, log_level=settings.log_level.lower())  # fmt: skip
+    # uvicorn's access log would print raw paths with query strings (where secrets can hide) in its own
+    # format: the app's request middleware logs each request instead (route template, status, duration).
+    uvicorn.run("motif.service.api.app:create_app", factory=True, host=bind, port=port or settings.port,
+                log_level=settings.log_level.lower(), log_config=None, access_log=False)  # fmt: skip
 
 
 def _is_loopback(host: str) -> bool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MiB = 1024 * 1024
@@ -71,6 +71,12 @@ class Settings(BaseSettings):
     upload_retention_days: float = Field(0.0, ge=0, description="uploads (and their results) expire; 0 = kept")
     retention_sweep_seconds: float = Field(300.0, gt=0, description="how often expired data is removed")
 
+    # Observability (logs, metrics, error ids)
+    log_format: Literal["text", "json"] = Field(
+        "text", description="text: human-readable lines; json: one JSON object per line"
+    )
+    metrics_enabled: bool = Field(True, description="serve Prometheus metrics at GET /metrics")
+
     @field_validator("log_level")
     @classmethod
     def _upper(cls, value: str) -> str:
@@ -85,6 +91,22 @@ class Settings(BaseSettings):
     def bind_host(self) -> str:
         """Loopback unless keys protect the API or HOST says otherwise."""
         return self.host or ("0.0.0.0" if self.require_api_key else "127.0.0.1")
+
+    # Generation (models area): cross-field checks, so a bad combination stops the start naming the settings.
+    @model_validator(mode="after")
+    def _check_generation_windows(self) -> Settings:
+        if self.extend_overlap_seconds >= self.window_seconds:
+            raise ValueError(
+                f"EXTEND_OVERLAP_SECONDS ({self.extend_overlap_seconds}) must be below WINDOW_SECONDS "
+                f"({self.window_seconds}): each long-form window continues from that much of the last one and "
+                "needs room for new audio"
+            )
+        if self.prompt_seconds >= self.window_seconds:
+            raise ValueError(
+                f"PROMPT_SECONDS ({self.prompt_seconds}) must be below WINDOW_SECONDS ({self.window_seconds}): "
+                "the continuation prompt and the new audio share one window"
+            )
+        return self
 
     @property
     def sqlite_path(self) -> Path:

@@ -194,3 +194,12 @@ def test_no_secret_ever_reaches_the_server_log(keyed: Keyed) -> None:
     assert "GET /api/audio" in log or "/api/audio" in log  # the requests above were logged
     for name, secret in keyed.secrets.items():
         assert secret not in log, name
+
+
+def test_metrics_need_an_admin_key(keyed: Keyed) -> None:
+    with keyed.client(None) as anonymous, keyed.client("alice") as alice, keyed.client("root") as root:
+        refused = anonymous.get("/metrics")
+        assert refused.status_code == 401 and "WWW-Authenticate" in refused.headers
+        assert alice.get("/metrics").status_code == 403
+        allowed = root.get("/metrics")
+    assert allowed.status_code == 200 and "motif_http_requests_total" in allowed.text

@@ -56,3 +56,17 @@ def test_uploads_work_and_jobs_that_need_a_model_fail_with_the_reason(offline_se
     assert final["status"] == "failed" and final["error_code"] == "model_unavailable"
     assert GENERATION_MODEL in final["error"]
     assert client.get(f"/api/download/{final['generation_id']}").status_code == 409
+
+
+def test_no_answer_shows_a_server_path(offline_server: Server, song: Path) -> None:
+    """The reasons name the model and the fix, but not where the server keeps its files (…/hub at most)."""
+    client = offline_server.client
+    audio_id = upload(client, song).json()["audio_id"]
+    generation = client.post(f"/api/generate/{audio_id}", json={"duration": 5}).json()["generation_id"]
+    poll_status(client, generation, timeout=60)
+    answers = [client.get("/api/health"), client.get(f"/api/embedding/{audio_id}"),
+               client.get("/api/search", params={"q": "piano"}), client.get(f"/api/status/{generation}"),
+               client.get(f"/api/download/{generation}")]  # fmt: skip
+    assert "could not be loaded from the Hugging Face cache (…/hub)" in answers[1].json()["detail"]
+    for answer in answers:
+        assert str(offline_server.workdir) not in answer.text and "/empty-hf-cache/" not in answer.text, answer.text

@@ -20,7 +20,7 @@ from torch.nn import functional as F
 from motif.engine import cpuops, kernels
 from motif.engine import decoder as decoder_module
 from motif.engine.decoder import StaticCacheDecoder
-from motif.engine.models import _tiny_musicgen_configs
+from motif.engine.tiny import _tiny_musicgen_configs
 
 PAD = 2048
 needs_kernel = pytest.mark.skipif(

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from motif.engine import kernels
-from motif.engine.generator import DecodeTask, MusicGenerator, _delay_pattern, _undelay, sample_next
+from motif.engine.generator import DecodeTask, MusicGenerator
 from motif.engine.models import LoadedGenerator, load_generator
+from motif.engine.patterns import delay_pattern, sample_next, undelay
 from motif.engine.types import FRAMES_PER_SECOND, SAMPLE_RATE, GenerationParams
 from motif.errors import GenerationCancelled
 
@@ -53,14 +54,14 @@ def _task(key: str, seed: int, duration: float, outcomes: dict, **kwargs) -> Dec
 
 def test_delay_pattern_places_codebook_k_k_steps_late_and_round_trips() -> None:
     prompt = torch.arange(4 * 3).reshape(4, 3)
-    window = _delay_pattern(prompt, n_frames=5)
+    window = delay_pattern(prompt, n_frames=5)
     assert window.seq.shape == (4, 9)
     for k in range(4):
         assert window.seq[k, k + 1 : k + 4].tolist() == prompt[k].tolist()
         assert not window.known[k, k + 4 : k + 6].any()  # the two new frames are left to sample
         assert window.known[k, : k + 4].all() and window.known[k, k + 6 :].all()
     window.seq[~window.known] = 7
-    frames = _undelay(window.seq, 5)
+    frames = undelay(window.seq, 5)
     assert frames[:, :3].tolist() == prompt.tolist()
     assert (frames[:, 3:] == 7).all()
 
@@ -119,7 +120,7 @@ def test_long_form_45s_continues_each_window_from_the_exact_last_tokens(loaded: 
     assert len(prefills) == 2
     final_frames = frames_seen[-1]
     for window, tokens in enumerate(prefills[1:], start=1):
-        prompt = _undelay(torch.cat([tokens, torch.full((4, 4), 2048)], dim=1), tokens.shape[1] - 1)
+        prompt = undelay(torch.cat([tokens, torch.full((4, 4), 2048)], dim=1), tokens.shape[1] - 1)
         generated_before = {1: 250 + 1250}[window]
         expected = final_frames[:, generated_before - 500 : generated_before]
         assert prompt[:, :-3].tolist() == expected[:, :-3].tolist()  # last frames of k>0 are still delayed
@@ -212,3 +213,30 @@ def test_melody_model_follows_the_chroma_of_its_source(loaded_melody: LoadedGene
     generator.run([_task("m1", 5, 5.0, outcomes, melody_audio=source), _task("m2", 5, 5.0, outcomes)])
     assert outcomes["m1"].shape == (5 * SAMPLE_RATE,)
     assert not np.array_equal(outcomes["m1"], outcomes["m2"])  # same seed: only the chroma differs
+
+
+def test_a_finished_jobs_rendering_and_delivery_do_not_stall_the_batchs_decode_steps(loaded: LoadedGenerator) -> None:
+    """The short job's on_done waits for the long job to make progress: it can only see it if the long job
+    keeps stepping meanwhile, i.e. if finishing happens off the decode loop (it waits 30 s at most)."""
+    import threading
+
+    outcomes: dict = {}
+    steps: list[float] = []
+    moved_on = threading.Event()
+    marks: dict[str, int] = {}
+
+    def long_progress(value: float) -> None:
+        steps.append(value)
+        if "short" in marks and len(steps) >= marks["short"] + 5:
+            moved_on.set()
+
+    def short_done(outcome: object) -> None:
+        marks["short"] = len(steps)
+        outcomes["saw_progress"] = moved_on.wait(timeout=30)
+        outcomes["short"] = outcome
+
+    short = DecodeTask(key="short", text="", params=GenerationParams(seed=1), seed=1, n_frames=25, on_done=short_done)
+    long = _task("long", 2, 5.0, outcomes, progress=long_progress)
+    MusicGenerator(loaded).run([short, long])
+    assert outcomes["saw_progress"] and outcomes["short"].shape == (25 * 640,)
+    assert outcomes["long"].shape == (5 * SAMPLE_RATE,)

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from motif.bench.builders import build_clap_htsat_unfused, build_musicgen_small
+from motif.bench.builders import SHAPES, build_clap_htsat_unfused, build_musicgen
 from motif.bench.fidelity import PROMPT, codec_snr, fidelity
 from motif.bench.machine import (
     cpu_features,
@@ -40,9 +40,16 @@ from motif.engine.types import CLAP_SAMPLE_RATE, FRAMES_PER_SECOND, SAMPLE_RATE,
 
 def baseline_generate(path: str, seconds: float) -> float:
     """(a) Stock transformers: fp32 `generate` with CFG 3, batch 1. Returns wall seconds."""
-    from transformers import AutoProcessor, MusicgenForConditionalGeneration
+    from transformers import (
+        AutoConfig,
+        AutoProcessor,
+        MusicgenForConditionalGeneration,
+        MusicgenMelodyForConditionalGeneration,
+    )
 
-    model = MusicgenForConditionalGeneration.from_pretrained(path, dtype=torch.float32).eval()
+    melody = AutoConfig.from_pretrained(path).model_type == "musicgen_melody"
+    cls = MusicgenMelodyForConditionalGeneration if melody else MusicgenForConditionalGeneration
+    model = cls.from_pretrained(path, dtype=torch.float32).eval()
     try:
         processor = AutoProcessor.from_pretrained(path)
         inputs = processor(text=[PROMPT], padding=True, return_tensors="pt")
@@ -155,7 +162,7 @@ def decoder_path(decoder: StaticCacheDecoder) -> str:
 
 
 def run_bench(quick: bool = False, cache_dir: Path | None = None, precisions: tuple[str, ...] = ("bf16", "int8"),
-              log: Callable[[str], None] = print) -> dict[str, Any]:  # fmt: skip
+              log: Callable[[str], None] = print, shape: str = "small") -> dict[str, Any]:  # fmt: skip
     """Run every stage and return the results (the JSON line's dict). quick: tiny models, short runs."""
     cache_dir = Path(cache_dir or Settings().model_cache_dir)
     seconds = 1.0 if quick else 10.0
@@ -163,9 +170,10 @@ def run_bench(quick: bool = False, cache_dir: Path | None = None, precisions: tu
         generation, embedding = str(models.build_tiny_generator(cache_dir)), str(models.build_tiny_clap(cache_dir))
     else:
         log("building or reusing the random-weight models (first run: about a minute)")
-        generation, embedding = str(build_musicgen_small(cache_dir)), str(build_clap_htsat_unfused(cache_dir))
+        generation, embedding = str(build_musicgen(cache_dir, shape)), str(build_clap_htsat_unfused(cache_dir))
     data_dir = Path(tempfile.mkdtemp(prefix="motif-bench-"))
-    result: dict[str, Any] = {"quick": quick, "seconds": seconds, "date": datetime.date.today().isoformat(),
+    result: dict[str, Any] = {"quick": quick, "shape": "tiny" if quick else shape, "seconds": seconds,
+                              "date": datetime.date.today().isoformat(),
                               "machine": f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}",
                               "threads": torch.get_num_threads(), "cpu_features": cpu_features(),
                               "cpu_path": kernels.resolve_cpu_path()}  # fmt: skip
@@ -331,13 +339,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny models, short runs: CI smoke, no meaning")
     parser.add_argument("--cache-dir", type=Path, default=None, help="default: MODEL_CACHE_DIR")
     parser.add_argument("--precisions", default="bf16,int8", help="also time these GENERATION_PRECISIONs")
+    parser.add_argument("--shape", default="small", choices=SHAPES, help="the MusicGen architecture to build")
     args = parser.parse_args(argv)
     started = time.perf_counter()
 
     def log(message: str) -> None:
         print(f"[{time.perf_counter() - started:6.1f}s] {message}", file=sys.stderr, flush=True)
 
-    result = run_bench(args.quick, args.cache_dir, tuple(p for p in args.precisions.split(",") if p), log)
+    result = run_bench(args.quick, args.cache_dir, tuple(p for p in args.precisions.split(",") if p), log, args.shape)
     result["bench_s"] = time.perf_counter() - started
     print(format_table(result))
     print(json.dumps(result, sort_keys=True), flush=True)

@@ -1,11 +1,12 @@
 """CLAP embeddings: deterministic track vectors from consecutive 10 s windows, text vectors, and captions.
 
-CLAP's own feature extractor crops a *random* 10 s window from longer audio (`rand_trunc`), so the same
-file embeds differently run to run. We cut the whole track into consecutive 480,000-sample windows
-ourselves (the last one repeat-padded), embed them in batches, average weighted by how much real audio
-each window holds, and L2-normalise: same samples in, identical vector out. The log-mel features come from
-`motif.engine.melspec` (torch, the extractor's numbers to ~1e-4 dB) rather than the extractor's per-frame numpy
-loop, which took about a quarter of the time the model does.
+CLAP's own feature extractor crops a *random* 10 s window from longer audio (`rand_trunc`, or `fusion`'s
+random crops), so the same file embeds differently run to run. We cut the whole track into consecutive
+480,000-sample windows ourselves, give each window exactly what the checkpoint's extractor gives a clip that
+long (`repeatpad`: whole copies, then zeros; for fusion checkpoints the HTK mel stacked four times with
+`is_longer`, as the extractor sets it for a clip embedded alone), embed them in batches, average weighted by
+how much real audio each window holds, and L2-normalise: same samples in, identical vector out. The log-mel
+features come from `motif.engine.melspec` (torch, the extractor's numbers to ~1e-4 dB).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from motif.engine.models import LoadedEmbedder
 from motif.engine.types import CLAP_SAMPLE_RATE
 
 WINDOW_SAMPLES = 10 * CLAP_SAMPLE_RATE  # CLAP-HTSAT's training window: 10 s at 48 kHz
+# Bump when what a window's vector means changes (cutting, padding, pooling): vectors of two versions never mix.
+WINDOWING_VERSION = "2"  # 2: repeatpad padding (whole copies, then zeros), fusion checkpoints
 EMBEDDING_DIM = 512
 
 # Zero-shot vocabulary for captions ("style" mode). Each group contributes its best matches.
@@ -51,8 +54,8 @@ class Caption:
 def split_windows(samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(samples,) at 48 kHz -> windows (n, 480000) and the real-audio fraction of each (n,).
 
-    A window shorter than 10 s (the last one, or the whole of a short track) is filled by repeating
-    its own audio, as CLAP's `repeatpad` does, so no window is mostly silence.
+    A window shorter than 10 s (the last one, or the whole of a short track) is padded as the extractor's
+    `repeatpad` pads a short clip: as many whole copies as fit, then zeros.
     """
     samples = np.asarray(samples, dtype=np.float32)
     if samples.size == 0:
@@ -62,9 +65,17 @@ def split_windows(samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     weights = np.empty(n_windows, dtype=np.float64)
     for i in range(n_windows):
         chunk = samples[i * WINDOW_SAMPLES : (i + 1) * WINDOW_SAMPLES]
-        windows[i] = np.resize(chunk, WINDOW_SAMPLES)  # np.resize repeats the chunk
+        windows[i] = repeat_pad(chunk, WINDOW_SAMPLES)
         weights[i] = chunk.size / WINDOW_SAMPLES
     return windows, weights
+
+
+def repeat_pad(chunk: np.ndarray, length: int) -> np.ndarray:
+    """ClapFeatureExtractor's `repeatpad`: int(length / n) whole copies of the chunk, then zeros to `length`."""
+    if chunk.size >= length:
+        return chunk[:length]
+    tiled = np.tile(chunk, length // chunk.size)
+    return np.pad(tiled, (0, length - tiled.size))
 
 
 class Embedder:
@@ -78,6 +89,7 @@ class Embedder:
             raise ValueError(f"CLAP feature extractor expects {self.log_mel.window_samples}-sample clips, "
                              f"Motif cuts {WINDOW_SAMPLES}-sample windows")  # fmt: skip
         self._vocab_vectors: dict[str, np.ndarray] = {}
+        self.is_fusion = bool(getattr(loaded.model.config.audio_config, "enable_fusion", False))
 
     @property
     def model_id(self) -> str:
@@ -95,7 +107,11 @@ class Embedder:
         for start in range(0, len(windows), self.batch_size):
             feats = self.features(windows[start : start + self.batch_size])
             feats = feats.to(self.loaded.device, self.loaded.dtype)
-            out = self.loaded.model.get_audio_features(input_features=feats).pooler_output
+            is_longer = None
+            if self.is_fusion:  # global mel plus three "crops": all the same window, as the extractor stacks it
+                feats = feats.expand(-1, 4, -1, -1)
+                is_longer = torch.ones(feats.shape[0], 1, dtype=torch.bool, device=self.loaded.device)
+            out = self.loaded.model.get_audio_features(input_features=feats, is_longer=is_longer).pooler_output
             vectors.append(out.float().cpu())
         pooled = (torch.cat(vectors).double() * torch.from_numpy(weights)[:, None]).sum(0)
         return _unit(pooled.numpy())

@@ -6,34 +6,39 @@ so what it samples never depends on what else shares the batch. Tasks join the r
 two decode steps and leave as soon as they finish, fail or are cancelled. Long outputs are made in windows
 of `window_frames`, each prompted with the exact last `overlap_frames` tokens of the one before
 (AudioCraft's extend_stride idea, but on tokens, so there is no re-encoding seam); the whole token sequence
-is decoded by EnCodec in one go at the end.
+is decoded by EnCodec at the end, on a finisher thread so the batch's other jobs keep stepping.
+Mono (4 codebooks) and stereo (8, interleaved left/right) models share this loop; see motif.engine.patterns.
+Every tensor lives on the loaded model's device, sampling generators included.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from motif.engine.chroma import melody_chroma
+from motif.engine.codec import as_channels, encode_prompt, render_codes
 from motif.engine.decoder import StaticCacheDecoder
 from motif.engine.models import LoadedGenerator
+from motif.engine.patterns import Window, codebook_delays, delay_pattern, sample_next, undelay
 from motif.engine.types import FRAMES_PER_SECOND, SAMPLE_RATE, CancelCheck, GenerationParams, ProgressCallback
 from motif.errors import GenerationCancelled
 
 log = logging.getLogger(__name__)
 
-PAD = 2048  # MusicGen's pad / decoder-start token, one past the codebook
 DECODE_CONTEXT_FRAMES = 50  # prompt frames decoded with the output so EnCodec starts "warm" (1 s)
 DECODE_SHARE = 95.0  # progress points given to token decoding; the rest is EnCodec and post-processing
 
 
 @dataclass
 class DecodeTask:
-    """One request as the decode loop sees it. Audio arrays are mono float32 at 32 kHz."""
+    """One request as the decode loop sees it. Audio arrays are float32 at 32 kHz, (samples,) or (samples, channels)."""
 
     key: str
     text: str
@@ -48,21 +53,12 @@ class DecodeTask:
 
 
 @dataclass
-class _Window:
-    seq: torch.Tensor  # (K, F + K) tokens in delay-pattern layout; PAD where nothing is known yet
-    known: torch.Tensor  # (K, F + K) bool: prompt or pad positions that sampling must not overwrite
-    n_prompt: int  # P frames of prompt in this window
-    n_frames: int  # F = P + new frames
-    pos: int  # last position fed to the decoder
-
-
-@dataclass
 class _Active:
     task: DecodeTask
     generator: torch.Generator
-    frames: torch.Tensor  # (K, n) all frames so far: source prompt then generated
+    frames: torch.Tensor  # (K, n) all frames so far: source prompt then generated, on the model's device
     n_source_frames: int
-    window: _Window | None = None
+    window: Window | None = None
     steps_done: int = 0
     steps_total: int = 1
     last_progress: int = -1
@@ -73,29 +69,65 @@ class _Active:
 
 
 class MusicGenerator:
-    """Runs DecodeTasks on one loaded MusicGen model. One decode loop at a time (callers serialise)."""
+    """Runs DecodeTasks on one loaded MusicGen model. One decode loop at a time (callers serialise).
+
+    Raises ValueError when the overlap leaves no room for new frames in a window (it would never finish).
+    """
 
     def __init__(
         self, loaded: LoadedGenerator, window_frames: int = 1500, overlap_frames: int = 500, max_batch: int = 4,
         int8: bool = False, before_step: Callable[[], None] | None = None,
     ) -> None:  # fmt: skip
+        if not 0 < overlap_frames < window_frames:
+            raise ValueError(
+                f"the long-form overlap ({overlap_frames} frames) must be positive and shorter than the window "
+                f"({window_frames} frames): set EXTEND_OVERLAP_SECONDS below WINDOW_SECONDS"
+            )
         self.loaded = loaded
         self.before_step = before_step  # e.g. the thread budget's, which may change between steps
         self.model = loaded.model
+        self.device = loaded.device
         self.n_codebooks = self.model.decoder.config.num_codebooks
+        self.n_channels = loaded.n_channels
+        self.delays = codebook_delays(self.n_codebooks, self.n_channels)
         self.window_frames = window_frames
         self.overlap_frames = overlap_frames
         self.max_batch = max_batch
         prefix = self.model.config.chroma_length + 256 if loaded.is_melody else 0
         max_len = window_frames + self.n_codebooks + prefix + 2
         self.decoder = StaticCacheDecoder(self.model, loaded.is_melody, max_len, int8=int8)
+        # Rendering, normalising and embedding a finished job run here, not between two decode steps.
+        self._finisher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="motif-finish")
+
+    def cache_bytes_at_full_batch(self) -> int:
+        """Bytes the self-attention KV cache reaches with `max_batch` jobs (two rows each) in full windows."""
+        d = self.decoder
+        bytes_per_value = torch.finfo(d.cache_dtype).bits // 8
+        return 2 * self.max_batch * 2 * len(d.layers) * d.max_len * d.hidden_size * bytes_per_value
 
     # ---------------------------------------------------------------- the loop
 
-    def run(self, tasks: list[DecodeTask], take_more: Callable[[int], list[DecodeTask]] | None = None) -> None:
-        """Decode tasks (and those take_more adds between steps) until all are done; results go to on_done."""
+    def run(
+        self, tasks: list[DecodeTask], take_more: Callable[[int], list[DecodeTask]] | None = None,
+        on_step: Callable[[int, float], None] | None = None,
+    ) -> None:  # fmt: skip
+        """Decode tasks (and those take_more adds between steps) until all are done; results go to on_done.
+
+        `on_step(n_tasks, seconds)` hears of each decode step: how many tasks it advanced and its wall time.
+        """
         active: list[_Active] = []
         waiting = list(tasks)
+        finishing: list[Future[None]] = []
+        try:
+            self._loop(active, waiting, finishing, take_more, on_step)
+        finally:
+            for future in finishing:  # every on_done has run when run() returns
+                future.result()
+
+    def _loop(
+        self, active: list[_Active], waiting: list[DecodeTask], finishing: list[Future[None]],
+        take_more: Callable[[int], list[DecodeTask]] | None, on_step: Callable[[int, float], None] | None,
+    ) -> None:  # fmt: skip
         while True:
             if take_more is not None and len(active) + len(waiting) < self.max_batch:
                 waiting += take_more(self.max_batch - len(active) - len(waiting))
@@ -109,21 +141,24 @@ class MusicGenerator:
                 active.append(state)
             if not active:
                 return
-            self._step(active)
+            n_tasks, started = len(active), time.perf_counter()
+            finishing += self._step(active)
+            if on_step is not None:
+                on_step(n_tasks, time.perf_counter() - started)
 
-    def _step(self, active: list[_Active]) -> None:
+    def _step(self, active: list[_Active]) -> list[Future[None]]:
         if self.before_step is not None:
             self.before_step()
         tokens = torch.stack([a.window.seq[:, a.window.pos] for a in active for _ in range(a.n_rows)])  # type: ignore[union-attr]
         logits = self.decoder.step(tokens)
-        finished = []
+        finished, futures = [], []
         for i, state in enumerate(active):
             try:
                 if state.task.should_cancel is not None and state.task.should_cancel():
                     raise GenerationCancelled(f"generation {state.task.key} was cancelled")
                 uncond = logits[state.slot + 1] if state.n_rows == 2 else None
                 if self._advance(state, logits[state.slot], uncond):
-                    _finish(state.task, self._render(state))
+                    futures.append(self._finisher.submit(self._render_and_finish, state))
                     finished.append(i)
             except Exception as error:
                 _finish(state.task, error)
@@ -131,6 +166,7 @@ class MusicGenerator:
         if finished:
             active[:] = [state for i, state in enumerate(active) if i not in finished]
             self._compact(active)
+        return futures
 
     def _compact(self, active: list[_Active]) -> None:
         """Shift the remaining tasks' rows down over the freed slots (in order: a source is never overwritten
@@ -142,6 +178,14 @@ class MusicGenerator:
             state.slot = slot
             slot += state.n_rows
 
+    def _render_and_finish(self, state: _Active) -> None:
+        try:
+            audio = self._render(state)
+        except Exception as error:
+            _finish(state.task, error)
+            return
+        _finish(state.task, audio)
+
     # ---------------------------------------------------------------- one task
 
     def _start(self, task: DecodeTask, slot: int) -> _Active:
@@ -152,13 +196,13 @@ class MusicGenerator:
                 raise ValueError("conditioning audio contains NaN or Inf samples")
         n_rows = 1 if task.params.cfg_coef == 1.0 else 2
         self.decoder.reserve(slot + n_rows)
-        generator = torch.Generator(device="cpu").manual_seed(task.seed)
-        frames = torch.zeros(self.n_codebooks, 0, dtype=torch.long)
+        generator = torch.Generator(device=self.device).manual_seed(task.seed)
+        frames = torch.zeros(self.n_codebooks, 0, dtype=torch.long, device=self.device)
         if task.prompt_audio is not None and task.prompt_audio.size:
             frames = self._encode_audio(task.prompt_audio)
         state = _Active(task, generator, frames, n_source_frames=frames.shape[1], slot=slot, n_rows=n_rows)
         state.text_states = self._encode_text(task.text)
-        state.steps_total = sum(n + self.n_codebooks - 1 for n in self._window_sizes(task.n_frames, frames.shape[1]))
+        state.steps_total = sum(n + max(self.delays) for n in self._window_sizes(task.n_frames, frames.shape[1]))
         self._open_window(state)
         return state
 
@@ -178,9 +222,9 @@ class MusicGenerator:
         limit = self.overlap_frames if n_generated else self.window_frames - 1
         prompt = state.frames[:, max(0, state.frames.shape[1] - limit) :]
         n_new = min(state.task.n_frames - n_generated, self.window_frames - prompt.shape[1])
-        state.window = window = _delay_pattern(prompt, prompt.shape[1] + n_new)
+        state.window = window = delay_pattern(prompt, prompt.shape[1] + n_new, self.delays)
         inputs = window.seq[:, : window.n_prompt + 1]
-        cond, uncond = self._conditioning(state, n_generated)
+        cond, uncond = self._conditioning(state, max(0, n_generated - prompt.shape[1]))
         logits_c = self.decoder.prefill(state.slot, inputs, *cond)
         logits_u = self.decoder.prefill(state.slot + 1, inputs, *uncond) if state.n_rows == 2 else None
         window.pos = window.n_prompt
@@ -198,7 +242,7 @@ class MusicGenerator:
         _report(state)
         if nxt < window.seq.shape[1] - 1:
             return False
-        new = _undelay(window.seq, window.n_frames)[:, window.n_prompt :]
+        new = undelay(window.seq, window.n_frames, self.delays)[:, window.n_prompt :]
         state.frames = torch.cat([state.frames, new], dim=1)
         if state.frames.shape[1] - state.n_source_frames >= state.task.n_frames:
             return True
@@ -219,16 +263,18 @@ class MusicGenerator:
             states = self.model.enc_to_dec_proj(states)
         return states
 
-    def _conditioning(self, state: _Active, n_generated: int) -> tuple[tuple, tuple]:
+    def _conditioning(self, state: _Active, window_start: int) -> tuple[tuple, tuple]:
+        """Both rows' conditioning for a window starting `window_start` frames into the output."""
         text = state.text_states
         assert text is not None
-        ones = torch.ones(text.shape[0], dtype=torch.bool)
+        ones = torch.ones(text.shape[0], dtype=torch.bool, device=self.device)
         if not self.loaded.is_melody:
             return (text, ones), (torch.zeros_like(text), ones)
         chroma_len = self.model.config.chroma_length
-        if state.task.melody_audio is not None:
-            offset = n_generated * SAMPLE_RATE // FRAMES_PER_SECOND
-            chroma = melody_chroma(_cyclic_slice(state.task.melody_audio, offset, 30 * SAMPLE_RATE))
+        if state.task.melody_audio is not None:  # the window's own 30 s of the melody, cycled as AudioCraft does
+            offset = window_start * SAMPLE_RATE // FRAMES_PER_SECOND
+            melody = as_channels(state.task.melody_audio, 1)[:, 0]
+            chroma = melody_chroma(_cyclic_slice(melody, offset, 30 * SAMPLE_RATE))
         else:
             chroma = _null_chroma(1)
         with torch.inference_mode():
@@ -239,76 +285,27 @@ class MusicGenerator:
         null = null.repeat(chroma_len, 1)
         cond = torch.cat([audio, text])
         uncond = torch.cat([null, torch.zeros_like(text)])
-        prefix_ok = torch.ones(cond.shape[0], dtype=torch.bool)
+        prefix_ok = torch.ones(cond.shape[0], dtype=torch.bool, device=self.device)
         return (cond, prefix_ok), (uncond, prefix_ok)
 
-    @torch.inference_mode()
     def _encode_audio(self, audio: np.ndarray) -> torch.Tensor:
-        """(samples,) at 32 kHz -> (K, frames) EnCodec codes."""
-        codec = self.model.audio_encoder
-        values = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))[None, None]
-        codes = codec.encode(values.to(self.loaded.device, next(codec.parameters()).dtype)).audio_codes
-        return codes[0, 0].cpu()
+        """(samples,) or (samples, channels) at 32 kHz -> (K, frames) codes for this model's channels."""
+        return encode_prompt(self.model.audio_encoder, audio, self.n_channels, self.device)
 
-    @torch.inference_mode()
     def _render(self, state: _Active) -> np.ndarray:
-        """Decode generated frames (with a little prompt context) to (samples,) float32 at 32 kHz."""
+        """Generated frames (with a little prompt context) -> (samples,) or (samples, 2) float32 at 32 kHz."""
         context = min(DECODE_CONTEXT_FRAMES, state.n_source_frames)
         codes = state.frames[:, state.n_source_frames - context :]
-        codec = self.model.audio_encoder
-        audio = codec.decode(codes[None, None].to(self.loaded.device), [None]).audio_values[0, 0]
+        audio = render_codes(self.model.audio_encoder, codes, self.n_channels)
         hop = SAMPLE_RATE // FRAMES_PER_SECOND
-        audio = audio[context * hop : (context + state.task.n_frames) * hop]
-        return audio.float().cpu().numpy()
+        return audio[context * hop : (context + state.task.n_frames) * hop]
 
 
 # -------------------------------------------------------------------- pure helpers
 
 
-def sample_next(
-    logits_c: torch.Tensor, logits_u: torch.Tensor | None, params: GenerationParams, generator: torch.Generator
-) -> torch.Tensor:
-    """CFG, temperature, top-k, top-p, then one draw per codebook. (K, V) float32 each -> (K,) long.
-
-    logits_u may be None only when cfg_coef is 1 (no guidance: the unconditional row is never computed)."""
-    if params.cfg_coef == 1.0 or logits_u is None:
-        if params.cfg_coef != 1.0:
-            raise ValueError("classifier-free guidance needs the unconditional logits")
-        logits = logits_c
-    else:
-        logits = logits_u + (logits_c - logits_u) * params.cfg_coef
-    logits = logits / max(params.temperature, 1e-5)
-    if params.top_k > 0:
-        kth = torch.topk(logits, min(params.top_k, logits.shape[-1]), dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if 0.0 < params.top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
-        cumulative = sorted_logits.softmax(-1).cumsum(-1)
-        drop = cumulative - sorted_logits.softmax(-1) > params.top_p  # keep the token that crosses top_p
-        logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
-    probs = logits.softmax(-1)
-    return torch.multinomial(probs, 1, generator=generator)[:, 0]
-
-
-def _delay_pattern(prompt: torch.Tensor, n_frames: int) -> _Window:
-    """Lay out a window: position p of codebook k holds frame p - k - 1; PAD before and after."""
-    n_codebooks, n_prompt = prompt.shape
-    length = n_frames + n_codebooks
-    seq = torch.full((n_codebooks, length), PAD, dtype=torch.long)
-    known = torch.ones(n_codebooks, length, dtype=torch.bool)
-    for k in range(n_codebooks):
-        seq[k, k + 1 : k + 1 + n_prompt] = prompt[k]
-        known[k, k + 1 + n_prompt : k + 1 + n_frames] = False
-    return _Window(seq, known, n_prompt, n_frames, pos=0)
-
-
-def _undelay(seq: torch.Tensor, n_frames: int) -> torch.Tensor:
-    """(K, F + K) delay layout -> (K, F) frames."""
-    return torch.stack([seq[k, k + 1 : k + 1 + n_frames] for k in range(seq.shape[0])])
-
-
 def _null_chroma(n: int) -> torch.Tensor:
-    null = torch.zeros(n, 12)
+    null = torch.zeros(n, 12)  # moved to the model's device by the caller
     null[:, 0] = 1.0
     return null
 

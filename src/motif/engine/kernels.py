@@ -4,10 +4,11 @@ Two libraries with the same entry points: kernels.c (AVX-512 VNNI, plus bf16_lin
 kernels_avx2.c (AVX2 + FMA: most laptops; no bf16_linear). Which one runs is chosen in one place, the
 CPU_PATH setting (`select_cpu_path`): `auto` takes AVX-512 where the CPU has VNNI, else AVX2 where it has
 AVX2 and FMA, else none (ARM64 and older x86: callers take their torch bf16/fp32 paths, untested on our
-machines). Compiled once per machine with gcc into ~/.cache/motif/kernels and called through ctypes
-(motif.engine.cpuops wraps them for torch tensors). Where that is impossible (no gcc, no such CPU)
-`load_kernel` returns None and callers take their torch paths. OpenMP comes from the libgomp torch already
-loaded (same soname), so the kernels and torch share one thread pool instead of fighting over two cores.
+machines). Compiled once per user with gcc into a private cache ($XDG_CACHE_HOME/motif/kernels, checked
+before every load: motif.engine.kernel_cache) and called through ctypes (motif.engine.cpuops wraps them).
+Where that is impossible (no gcc, no such CPU) `load_kernel` returns None and callers take their torch
+paths. OpenMP comes from the libgomp torch already loaded (same soname), so the kernels and torch share one
+thread pool instead of fighting over two cores.
 
 - `w8a16_linear`: int8 weights with one scale per output channel and group of inputs, activations
   quantised per row to int16 (symmetric); `vpdpwssd` sums each group exactly in int32, which is scaled into
@@ -22,13 +23,13 @@ Weights are streamed once per call in tiles of 4 x 16 output channels, so 1-8 ro
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import logging
-import os
 import shutil
 import subprocess
 import threading
 from pathlib import Path
+
+from motif.engine.kernel_cache import load_or_build
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +68,6 @@ def cpu_has_avx2_fma() -> bool:
 def cpu_has_bf16_dot() -> bool:
     """AVX512-BF16 (vdpbf16ps): what Bf16Linear's kernel needs on top of the library's baseline."""
     return "avx512_bf16" in _cpu_flags()
-
-
-def _kernel_dir() -> Path:
-    return Path.home() / ".cache" / "motif" / "kernels"
 
 
 def select_cpu_path(path: str) -> None:
@@ -138,24 +135,7 @@ def _compile_and_bind(source_file: Path, flags: list[str]) -> ctypes.CDLL:
     compiler = shutil.which("gcc") or shutil.which("cc")
     if compiler is None:
         raise RuntimeError("no C compiler (gcc) on PATH")
-    code = source_file.read_text()
-    digest = hashlib.sha256((code + " ".join(flags)).encode()).hexdigest()[:16]
-    target = _kernel_dir() / f"{source_file.stem}-{digest}.so"
-    if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        source = target.with_suffix(f".{os.getpid()}.c")
-        source.write_text(code)
-        tmp = target.with_suffix(f".{os.getpid()}.so")
-        try:
-            subprocess.run([compiler, *flags, str(source), "-o", str(tmp), "-lm"], check=True,
-                           capture_output=True, timeout=120)  # fmt: skip
-            os.replace(tmp, target)  # atomic: a concurrent builder never sees half a library
-        except subprocess.CalledProcessError as error:
-            raise RuntimeError(f"gcc failed: {error.stderr.decode(errors='replace')[-500:]}") from error
-        finally:
-            source.unlink(missing_ok=True)
-            tmp.unlink(missing_ok=True)
-    library = ctypes.CDLL(str(target))
+    library = load_or_build(source_file.read_text(), source_file.stem, compiler, flags)
     library.decode_attention.restype = None
     library.decode_attention.argtypes = [
         ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p,

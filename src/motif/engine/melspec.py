@@ -1,11 +1,11 @@
 """CLAP's log-mel features in torch: the same numbers as `ClapFeatureExtractor`, several times faster.
 
 The stock extractor runs one numpy FFT per 10 ms frame in a Python loop (about 13 ms per 10 s window).
-For a window of exactly `nb_max_samples` samples with `truncation="rand_trunc"` it does no cropping and
-no padding, and its log-mel is: centred (reflect-padded) STFT with a periodic Hann window, power 2,
-the Slaney mel filter bank, floor at 1e-10, then 10·log10 (`top_db` is stored but never applied). We do
-exactly that with `torch.stft`, reading every number from the loaded extractor, so a model with a
-different preprocessor config is followed rather than silently mis-featurised.
+For a window of exactly `nb_max_samples` samples it does no cropping and no padding, and its log-mel is:
+centred (reflect-padded) STFT with a periodic Hann window, power 2, the mel filter bank (Slaney for
+`truncation="rand_trunc"`, HTK for `"fusion"`), floor at 1e-10, then 10·log10 (`top_db` is stored but never
+applied). We do exactly that with `torch.stft`, reading every number from the loaded extractor, so a model
+with a different preprocessor config is followed rather than silently mis-featurised.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ MEL_FLOOR = 1e-10  # transformers.audio_utils.spectrogram's mel_floor and power_
 
 
 class LogMel:
-    """Batch log-mel features for exactly-one-window clips, matching `ClapFeatureExtractor(rand_trunc)`.
+    """Batch log-mel features for exactly-one-window clips, matching `ClapFeatureExtractor` (one mel channel).
 
     Built from a loaded extractor; holds its Hann window and Slaney mel filter bank as float32 tensors.
     Raises ValueError for an extractor configuration this path does not reproduce.
@@ -32,8 +32,9 @@ class LogMel:
         self.hop_length = int(extractor.hop_length)
         self.sampling_rate = int(extractor.sampling_rate)
         self.window_samples = int(extractor.nb_max_samples)  # max_length_s * sampling_rate
-        # `rand_trunc` uses the Slaney-normalised bank (librosa's default), not the HTK one `fusion` uses.
-        self.mel_filters = torch.from_numpy(np.asarray(extractor.mel_filters_slaney, dtype=np.float32))
+        # `rand_trunc` uses the Slaney-normalised bank (librosa's default); `fusion` the HTK one.
+        bank = extractor.mel_filters if extractor.truncation == "fusion" else extractor.mel_filters_slaney
+        self.mel_filters = torch.from_numpy(np.asarray(bank, dtype=np.float32))
         self.window = torch.hann_window(self.n_fft, periodic=True, dtype=torch.float32)
 
     def n_frames(self) -> int:

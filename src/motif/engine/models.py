@@ -1,14 +1,13 @@
 """Load models by Hugging Face id or local path, pick device and dtype, and build the offline `tiny` models.
 
-The `tiny` ids build random-weight models of the real architectures (MusicGen, MusicGen-Melody, CLAP)
-into a cache directory and then load them through the same `from_pretrained` path as real weights, so
-the code under test is the code that runs in production. Their output is noise, by design.
+The `tiny` ids (motif.engine.tiny) build random-weight models of the real architectures into a cache directory,
+then load through the same `from_pretrained` path as real weights, so the code under test is the code that
+runs in production.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,25 +17,11 @@ import torch
 
 from motif.engine.checkpoint import checkpoint_dtype, find_safetensors, own_weights
 from motif.engine.kernels import load_kernel
+from motif.engine.tiny import TINY_EMBEDDING_IDS, TINY_GENERATION_IDS, build_tiny_clap, build_tiny_generator
 from motif.errors import ModelUnavailableError
 
 log = logging.getLogger(__name__)
 
-TINY_GENERATION_IDS = {"tiny", "tiny-melody"}
-TINY_EMBEDDING_IDS = {"tiny"}
-TINY_BUILD_VERSION = "3"  # bump when a tiny builder changes so caches rebuild
-
-_WORDS = [
-    "a", "an", "and", "the", "of", "with", "in", "on", "for", "to", "by", "music", "song", "track", "piece",
-    "beat", "drum", "drums", "bass", "guitar", "piano", "synth", "strings", "violin", "cello", "brass",
-    "trumpet", "sax", "saxophone", "flute", "organ", "pad", "vocal", "choir", "ambient", "electronic", "rock",
-    "pop", "jazz", "blues", "classical", "hip", "hop", "house", "techno", "trance", "dubstep", "folk",
-    "country", "funk", "soul", "reggae", "metal", "orchestral", "cinematic", "lofi", "chill", "calm", "happy",
-    "sad", "dark", "bright", "energetic", "relaxing", "epic", "melancholic", "uplifting", "aggressive",
-    "dreamy", "fast", "slow", "tempo", "bpm", "key", "major", "minor", "c", "d", "e", "f", "g", "a", "b",
-    "sharp", "flat", "loud", "soft", "acoustic", "electric", "warm", "cold", "heavy", "light", "groove",
-    "melody", "rhythm", "harmony", "chord", "chords", "solo", "loop",
-]
 
 
 @dataclass
@@ -49,6 +34,7 @@ class LoadedGenerator:
     is_melody: bool
     device: torch.device
     dtype: torch.dtype
+    n_channels: int = 1  # 2 for musicgen-stereo-*: 8 codebooks, left/right interleaved
 
 
 @dataclass
@@ -64,12 +50,46 @@ class LoadedEmbedder:
 
 
 def resolve_device(setting: str) -> torch.device:
-    """cpu|cuda|auto -> a torch.device. Raises ModelUnavailableError for cuda without a GPU."""
-    if setting == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if setting == "cuda" and not torch.cuda.is_available():
-        raise ModelUnavailableError("DEVICE=cuda but no CUDA device is visible to torch; use DEVICE=cpu or auto")
-    return torch.device(setting)
+    """cpu|cuda|auto -> the one device every model and tensor of an Engine lives on.
+
+    `auto` takes CUDA only where a GPU is visible *and* runs a kernel (a GPU this torch build has no kernels
+    for, or one that is out of memory, falls back to the CPU with a warning). Raises ModelUnavailableError for
+    `cuda` without a usable GPU.
+    """
+    if setting == "cpu":
+        return torch.device("cpu")
+    reason = cuda_unusable_reason()
+    if reason is None:
+        return torch.device("cuda")
+    if setting == "cuda":
+        raise ModelUnavailableError(f"DEVICE=cuda but {reason}; use DEVICE=cpu or auto")
+    if torch.cuda.is_available():
+        log.warning("DEVICE=auto: %s; running on the CPU", reason)
+    return torch.device("cpu")
+
+
+def cuda_unusable_reason() -> str | None:
+    """None when torch sees a CUDA GPU that runs a kernel; else why not, in words."""
+    if not torch.cuda.is_available():
+        return "no CUDA device is visible to torch"
+    try:
+        (torch.ones(1, device="cuda") + 1).item()
+    except RuntimeError as error:
+        return f"the CUDA device cannot run torch's kernels ({str(error).splitlines()[0]})"
+    return None
+
+
+def free_memory_bytes(device: torch.device) -> int | None:
+    """Memory free for new tensors on `device` (CUDA: the driver's count; CPU: MemAvailable); None if unknown."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
 
 
 def cpu_has_native_bf16() -> bool:
@@ -92,19 +112,71 @@ def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
     ]
 
 
+def precision_name(dtype: torch.dtype) -> str:
+    """torch dtype -> the precision's setting name (fp32, bf16, fp16)."""
+    return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+
+
 def resolve_generation_precision(precision: str, device: torch.device) -> str:
     """GENERATION_PRECISION -> the precision MusicGen's decoder runs in.
 
     `auto`: fp16 on CUDA; on CPU int8 where its kernel builds (AVX512-VNNI and gcc), since its logits error
     is bf16's at half the bytes per step (`motif bench` measures both); else bf16 where the CPU has it, else fp32.
     """
+    if device.type == "cuda":  # the C kernels are CPU kernels: never selected here
+        if precision == "int8":
+            log.warning("GENERATION_PRECISION=int8 is CPU-only; running fp16 on %s", device)
+        return "fp16" if precision in ("auto", "int8") else precision
     if precision != "auto":
         return precision
-    if device.type == "cuda":
-        return "fp16"
     if load_kernel() is not None:
         return "int8"
     return "bf16" if cpu_has_native_bf16() else "fp32"
+
+
+# transformers' model construction is not thread-safe: `from_pretrained` sets process-wide state (the default
+# dtype, empty-weight initialisation) while it builds a model, and its classes import lazily. Models are
+# therefore built one at a time; their files are downloaded before, outside this lock (`_fetch`), so an
+# embedding model never waits behind a MusicGen download.
+construct_lock = threading.RLock()
+_TRANSFORMERS_NAMES = (
+    "AutoConfig", "AutoTokenizer", "MusicgenForConditionalGeneration", "MusicgenMelodyForConditionalGeneration",
+    "ClapModel", "ClapFeatureExtractor", "T5Tokenizer", "T5TokenizerFast", "RobertaTokenizer",
+    "RobertaTokenizerFast", "EncodecModel", "T5EncoderModel", "GenerationConfig",
+)  # fmt: skip
+
+
+def import_transformers() -> None:
+    """Import every transformers class the loaders reach, once, under the construction lock.
+
+    transformers imports its model modules lazily on first attribute access, and two threads doing that at
+    once can see a half-initialised module: "cannot import name 'AutoTokenizer' from 'transformers'".
+    """
+    with construct_lock:
+        import transformers
+
+        for name in _TRANSFORMERS_NAMES:
+            getattr(transformers, name, None)
+
+
+_FETCH_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt"]  # config, weights, tokenizer, preprocessor
+
+
+def _fetch(model_id: str, allow_download: bool) -> None:
+    """Download a hub model's files into the Hugging Face cache (no lock held) when they are not there yet.
+
+    Failures are left to the load that follows, which reports them with the fix.
+    """
+    if not allow_download or model_id in TINY_GENERATION_IDS | TINY_EMBEDDING_IDS or Path(model_id).exists():
+        return
+    if find_safetensors(model_id):
+        return
+    from huggingface_hub import snapshot_download
+
+    try:
+        snapshot_download(model_id, allow_patterns=_FETCH_PATTERNS)
+    except Exception as error:  # offline, unknown id, ...: the load reports it
+        log.info("could not fetch %s ahead of loading it: %s", model_id, error)
 
 
 def _hub_cache_dir() -> str:
@@ -162,7 +234,7 @@ def is_locally_available(model_id: str, cache_dir: Path) -> bool:
 def is_melody_model(model_id: str) -> bool | None:
     """Whether a generation model is MusicGen-Melody, from its config alone; None if that is not at hand."""
     if model_id in TINY_GENERATION_IDS:
-        return model_id == "tiny-melody"
+        return model_id.endswith("melody")
     config = Path(model_id) / "config.json"
     if not config.is_file():
         from huggingface_hub import try_to_load_from_cache
@@ -187,12 +259,22 @@ def load_generator(
     model_id: str, device: torch.device, dtype: torch.dtype, cache_dir: Path, allow_download: bool,
     decoder_dtype: torch.dtype | None = None,
 ) -> LoadedGenerator:
-    """Load a MusicGen-family model by id, local path, or `tiny`/`tiny-melody`.
+    """Load a MusicGen-family model by id, local path, or a `tiny` id (motif.engine.tiny).
 
     `dtype` is the text encoder's and EnCodec's; `decoder_dtype` (default `dtype`) the decoder's, where
     the time goes. Weights are read straight into their dtype: no float32 copy of a bf16 decoder is held.
     Raises ModelUnavailableError naming the model, where it looked and how to fetch it.
     """
+    _fetch(model_id, allow_download)
+    with construct_lock:
+        return _load_generator(model_id, device, dtype, cache_dir, allow_download, decoder_dtype)
+
+
+def _load_generator(
+    model_id: str, device: torch.device, dtype: torch.dtype, cache_dir: Path, allow_download: bool,
+    decoder_dtype: torch.dtype | None,
+) -> LoadedGenerator:
+    import_transformers()
     from transformers import (
         AutoConfig,
         AutoTokenizer,
@@ -218,16 +300,26 @@ def load_generator(
     model.to(device).eval()
     if model_id in TINY_GENERATION_IDS:
         log.warning("GENERATION_MODEL=%s: random-weight test model, its output is noise", model_id)
-    return LoadedGenerator(model, tokenizer, model_id, is_melody, device, decoder_dtype)
+    n_channels = int(getattr(config.decoder, "audio_channels", 1))
+    return LoadedGenerator(model, tokenizer, model_id, is_melody, device, decoder_dtype, n_channels)
 
 
 def load_embedder(
     model_id: str, device: torch.device, dtype: torch.dtype, cache_dir: Path, allow_download: bool
 ) -> LoadedEmbedder:
-    """Load a CLAP model by id, local path, or `tiny`. Raises ModelUnavailableError."""
+    """Load a CLAP model by id, local path, or `tiny` / `tiny-fused`. Raises ModelUnavailableError."""
+    _fetch(model_id, allow_download)
+    with construct_lock:
+        return _load_embedder(model_id, device, dtype, cache_dir, allow_download)
+
+
+def _load_embedder(
+    model_id: str, device: torch.device, dtype: torch.dtype, cache_dir: Path, allow_download: bool
+) -> LoadedEmbedder:
+    import_transformers()
     from transformers import AutoTokenizer, ClapFeatureExtractor, ClapModel
 
-    path = str(build_tiny_clap(cache_dir)) if model_id in TINY_EMBEDDING_IDS else model_id
+    path = str(build_tiny_clap(cache_dir, model_id)) if model_id in TINY_EMBEDDING_IDS else model_id
     try:
         model = _load_owned(ClapModel, path, allow_download, lambda _name: dtype)
         feature_extractor = _from_pretrained(ClapFeatureExtractor, path, allow_download)
@@ -238,154 +330,3 @@ def load_embedder(
     if model_id in TINY_EMBEDDING_IDS:
         log.warning("EMBEDDING_MODEL=%s: random-weight test model, its vectors carry no meaning", model_id)
     return LoadedEmbedder(model, feature_extractor, tokenizer, model_id, device, dtype)
-
-
-# --------------------------------------------------------------------------------------------------
-# Tiny random-weight models of the real architectures
-
-
-_build_lock = threading.Lock()
-
-
-def _build_once(target: Path, build: Any) -> Path:
-    """Build into a temp dir and rename, so a crash or a concurrent builder never leaves half a model."""
-    with _build_lock:
-        if (target / "config.json").exists():
-            return target
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}-{threading.get_ident()}")
-        build(tmp)
-        try:
-            os.replace(tmp, target)
-        except OSError:  # another process won the race
-            import shutil
-
-            shutil.rmtree(tmp, ignore_errors=True)
-        return target
-
-
-def _tiny_t5_tokenizer() -> Any:
-    from transformers import T5Tokenizer
-
-    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
-    vocab += [(f"▁{word}", -5.0 - i * 0.01) for i, word in enumerate(dict.fromkeys(_WORDS))]
-    vocab += [(ch, -10.0) for ch in "abcdefghijklmnopqrstuvwxyz0123456789"]
-    return T5Tokenizer(vocab=vocab, extra_ids=0)
-
-
-def _tiny_roberta_tokenizer() -> Any:
-    from transformers import RobertaTokenizer
-
-    specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
-    vocab = {tok: i for i, tok in enumerate(specials)}
-    for ch in "abcdefghijklmnopqrstuvwxyz0123456789#":
-        vocab.setdefault(ch, len(vocab))
-        vocab.setdefault(f"Ġ{ch}", len(vocab))
-    merges: list[tuple[str, str]] = []
-    for word in dict.fromkeys(_WORDS):  # whole-word merges so common words are one token
-        piece = f"Ġ{word[0]}"
-        for ch in word[1:]:
-            merges.append((piece, ch))
-            piece += ch
-            vocab.setdefault(piece, len(vocab))
-    unique_merges: list[tuple[str, str]] = list(dict.fromkeys(merges))
-    return RobertaTokenizer(vocab=vocab, merges=unique_merges)  # type: ignore[arg-type]  # pairs: what BPE takes
-
-
-def _tiny_musicgen_configs(vocab_size: int) -> dict[str, Any]:
-    from transformers import EncodecConfig, T5Config
-
-    text = T5Config(
-        vocab_size=vocab_size, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, relative_attention_num_buckets=8
-    )
-    audio = EncodecConfig(
-        sampling_rate=32_000, upsampling_ratios=[8, 5, 4, 4], codebook_size=2048, codebook_dim=16, hidden_size=16,
-        num_filters=4, num_lstm_layers=1, target_bandwidths=[2.2], normalize=False, chunk_length_s=None,
-        overlap=None, use_causal_conv=False, audio_channels=1,
-    )  # fmt: skip
-    decoder = dict(  # 16-wide heads: the CPU kernels' paths (fused int8 step, bf16 attention) run in every test
-        vocab_size=2048, num_codebooks=4, hidden_size=64, ffn_dim=128, num_hidden_layers=2, num_attention_heads=4,
-        max_position_embeddings=4096, pad_token_id=2048, bos_token_id=2048, decoder_start_token_id=2048,
-        dropout=0.0, audio_channels=1,
-    )  # fmt: skip
-    return {"text_encoder": text, "audio_encoder": audio, "decoder": decoder}
-
-
-def randomize_codebooks(codec: Any) -> None:
-    """EnCodec's codebooks start as zeros (they are learnt by k-means); random ones make codes audible."""
-    with torch.no_grad():
-        for layer in codec.quantizer.layers:
-            book = layer.codebook
-            book.embed.normal_()
-            book.embed_avg.copy_(book.embed)
-            book.cluster_size.fill_(1.0)
-
-
-def _tiny_generation_config(model: Any) -> None:
-    from transformers import GenerationConfig
-
-    # MusicGen's shipped generation config, which a config built from parts does not get by itself.
-    model.generation_config = GenerationConfig(
-        do_sample=True, guidance_scale=3.0, top_k=250, max_length=1503, decoder_start_token_id=2048,
-        pad_token_id=2048, bos_token_id=2048,
-    )  # fmt: skip
-
-
-def build_tiny_generator(cache_dir: Path, model_id: str = "tiny") -> Path:
-    """Build (once) and return the directory of a tiny random MusicGen (`tiny`) or MusicGen-Melody."""
-    melody = model_id == "tiny-melody"
-    target = Path(cache_dir) / f"{model_id}-musicgen-v{TINY_BUILD_VERSION}"
-
-    def build(tmp: Path) -> None:
-        from transformers import (
-            MusicgenConfig,
-            MusicgenDecoderConfig,
-            MusicgenForConditionalGeneration,
-            MusicgenMelodyConfig,
-            MusicgenMelodyDecoderConfig,
-            MusicgenMelodyForConditionalGeneration,
-        )
-
-        tokenizer = _tiny_t5_tokenizer()
-        parts = _tiny_musicgen_configs(len(tokenizer))
-        with torch.random.fork_rng():
-            torch.manual_seed(1234)
-            if melody:
-                parts["decoder"] = MusicgenMelodyDecoderConfig(**parts["decoder"])
-                model: Any = MusicgenMelodyForConditionalGeneration(MusicgenMelodyConfig(**parts))
-            else:
-                parts["decoder"] = MusicgenDecoderConfig(**parts["decoder"])
-                model = MusicgenForConditionalGeneration(MusicgenConfig(**parts))
-            randomize_codebooks(model.audio_encoder)
-        _tiny_generation_config(model)
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-
-    return _build_once(target, build)
-
-
-def build_tiny_clap(cache_dir: Path) -> Path:
-    """Build (once) and return the directory of a tiny random CLAP with 512-d projections."""
-    target = Path(cache_dir) / f"tiny-clap-v{TINY_BUILD_VERSION}"
-
-    def build(tmp: Path) -> None:
-        from transformers import ClapConfig, ClapFeatureExtractor, ClapModel
-
-        tokenizer = _tiny_roberta_tokenizer()
-        config = ClapConfig(
-            text_config=dict(
-                vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                intermediate_size=64, max_position_embeddings=80,
-            ),
-            audio_config=dict(hidden_size=64, patch_embeds_hidden_size=8, depths=[1, 1, 1, 1],
-                              num_attention_heads=[1, 1, 2, 2]),
-            projection_dim=512,
-        )  # fmt: skip
-        with torch.random.fork_rng():
-            torch.manual_seed(4321)
-            model = ClapModel(config)
-        model.save_pretrained(tmp)
-        ClapFeatureExtractor(truncation="rand_trunc", padding="repeatpad").save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-
-    return _build_once(target, build)

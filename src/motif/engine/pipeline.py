@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import secrets
 import threading
 import time
@@ -15,9 +16,11 @@ import torch
 
 from motif.config import Settings
 from motif.engine import kernels, models
-from motif.engine.codec import cast_codec_decoder
-from motif.engine.embedder import Embedder
+from motif.engine.codec import as_channels, cast_codec_decoder
+from motif.engine.controls import LoopPlan, hint_text, join_text, make_loop, plan_loop, select_section
+from motif.engine.embedder import WINDOWING_VERSION, Embedder
 from motif.engine.generator import DecodeTask, MusicGenerator
+from motif.engine.slots import ModelSlot
 from motif.engine.threads import CoreBudget, available_cores
 from motif.engine.types import (
     CLAP_SAMPLE_RATE,
@@ -37,7 +40,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class GenerationJob:
-    """One member of a batch: the source (mono float32 at 32 kHz) and its request."""
+    """One member of a batch: the source (float32 at 32 kHz, (samples,) or (samples, channels)) and its request."""
 
     source: np.ndarray
     params: GenerationParams
@@ -52,15 +55,13 @@ class GenerationJob:
 class Engine:
     """Thread-safe facade. Construction is cheap; models load on first use (or `load()`)."""
 
-    pipeline_version = "1"
-
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, clock: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings
-        self._load_lock = threading.Lock()
         self._decode_lock = threading.Lock()
-        self._generator: MusicGenerator | None = None
-        self._embedder: Embedder | None = None
-        self._errors: dict[str, str] = {}
+        self._device_lock = threading.Lock()
+        self._device: torch.device | None = None
+        self._generator_slot = ModelSlot("generation", self._load_generator, clock)
+        self._embedder_slot = ModelSlot("embedding", self._load_embedder, clock)
         if settings.num_threads:
             torch.set_num_threads(settings.num_threads)
         kernels.select_cpu_path(settings.cpu_path)
@@ -71,32 +72,30 @@ class Engine:
 
     @property
     def device(self) -> torch.device:
-        return models.resolve_device(self.settings.device)
+        """The one device every model and tensor of this Engine lives on, decided once from DEVICE."""
+        with self._device_lock:
+            if self._device is None:
+                self._device = models.resolve_device(self.settings.device)
+                log.info("DEVICE=%s: running on %s", self.settings.device, self._device)
+            return self._device
+
+    @property
+    def pipeline_version(self) -> str:
+        """What an embedding means besides its model id: windowing and precision, e.g. "2.fp32".
+
+        Stored with every vector; search and similarity only compare vectors of the same model and version,
+        and uploads embedded under another are embedded again (the service's backfill).
+        """
+        dtype = models.resolve_dtype(self.settings.embedding_precision, self.device)
+        return f"{WINDOWING_VERSION}.{models.precision_name(dtype)}"
 
     @property
     def generator(self) -> MusicGenerator:
-        if self._generator is None:
-            with self._load_lock:
-                if self._generator is None:
-                    self._generator = self._guarded("generation", self._load_generator)
-        return self._generator
+        return self._generator_slot.get()
 
     @property
     def embedder(self) -> Embedder:
-        if self._embedder is None:
-            with self._load_lock:
-                if self._embedder is None:
-                    self._embedder = self._guarded("embedding", self._load_embedder)
-        return self._embedder
-
-    def _guarded(self, role: str, load: Callable[[], Any]) -> Any:
-        try:
-            loaded = load()
-        except ModelUnavailableError as error:
-            self._errors[role] = str(error)
-            raise
-        self._errors.pop(role, None)
-        return loaded
+        return self._embedder_slot.get()
 
     def _load_generator(self) -> MusicGenerator:
         s = self.settings
@@ -106,23 +105,27 @@ class Engine:
         # The decoder is where the time goes and is read straight into `dtype`; T5 and EnCodec's encoder stay fp32.
         loaded = models.load_generator(s.generation_model, device, torch.float32, s.model_cache_dir,
                                        s.allow_model_download, decoder_dtype=dtype)  # fmt: skip
-        if precision != "fp32" and device.type == "cpu" and models.cpu_has_native_bf16():
-            cast_codec_decoder(loaded.model.audio_encoder, torch.bfloat16)  # tokens -> audio; SNR in `motif bench`
-        return MusicGenerator(
-            loaded,
-            window_frames=int(s.window_seconds * FRAMES_PER_SECOND),
-            overlap_frames=int(s.extend_overlap_seconds * FRAMES_PER_SECOND),
-            max_batch=s.max_batch_size,
-            int8=precision == "int8",
-            before_step=self.cores.apply_generation_threads,
-        )
+        with models.construct_lock:  # repacking builds tensors: not while transformers builds another model
+            if precision != "fp32" and device.type == "cpu" and models.cpu_has_native_bf16():
+                cast_codec_decoder(loaded.model.audio_encoder, torch.bfloat16)  # tokens -> audio; SNR in `motif bench`
+            generator = MusicGenerator(
+                loaded,
+                window_frames=int(s.window_seconds * FRAMES_PER_SECOND),
+                overlap_frames=int(s.extend_overlap_seconds * FRAMES_PER_SECOND),
+                max_batch=s.max_batch_size,
+                int8=precision == "int8",
+                before_step=self.cores.apply_generation_threads,
+            )
+        _check_batch_memory(generator, s, device)
+        return generator
 
     def _load_embedder(self) -> Embedder:
         s = self.settings
         device = self.device
         dtype = models.resolve_dtype(s.embedding_precision, device)
-        return Embedder(models.load_embedder(s.embedding_model, device, dtype, s.model_cache_dir,
-                                             s.allow_model_download))  # fmt: skip
+        loaded = models.load_embedder(s.embedding_model, device, dtype, s.model_cache_dir, s.allow_model_download)
+        with models.construct_lock:
+            return Embedder(loaded)
 
     def load(self) -> None:
         """Load every configured model now (start-up warm-up); raises ModelUnavailableError."""
@@ -131,13 +134,15 @@ class Engine:
     def model_states(self) -> list[ModelState]:
         """Without loading anything: loaded, available locally, or missing and why."""
         s = self.settings
-        roles = [("generation", s.generation_model, self._generator), ("embedding", s.embedding_model, self._embedder)]
+        slots: list[tuple[str, ModelSlot[Any]]] = [(s.generation_model, self._generator_slot),
+                                                   (s.embedding_model, self._embedder_slot)]  # fmt: skip
         states = []
-        for role, model_id, loaded in roles:
-            if loaded is not None:
+        for model_id, slot in slots:
+            role = slot.role
+            if slot.value is not None:
                 states.append(ModelState(role, model_id, "loaded", "in memory"))
-            elif role in self._errors:
-                states.append(ModelState(role, model_id, "error", self._errors[role]))
+            elif slot.failure is not None:
+                states.append(ModelState(role, model_id, "error", slot.failure.reason))
             elif models.is_locally_available(model_id, s.model_cache_dir):
                 states.append(ModelState(role, model_id, "available", "loads on first use"))
             elif s.allow_model_download:
@@ -150,11 +155,14 @@ class Engine:
     # ---------------------------------------------------------------- embeddings
 
     def embed_audio(self, samples: np.ndarray, sample_rate: int) -> np.ndarray:
-        """(samples,) mono float32 at any rate -> (512,) float32, L2 norm 1, deterministic."""
+        """(samples,) or (samples, channels) float32 at any rate -> (512,) float32, L2 norm 1, deterministic.
+
+        Stereo is down-mixed first: CLAP embeds mono.
+        """
         from motif.audio import resample
 
         with self.cores.embedding_work():
-            return self.embedder.embed_audio(resample(samples, sample_rate, CLAP_SAMPLE_RATE))
+            return self.embedder.embed_audio(resample(as_channels(samples, 1)[:, 0], sample_rate, CLAP_SAMPLE_RATE))
 
     def embed_text(self, texts: list[str]) -> np.ndarray:
         """-> (n, 512) float32 rows of norm 1, in the same space as embed_audio."""
@@ -186,8 +194,11 @@ class Engine:
         self,
         jobs: list[GenerationJob],
         take_more: Callable[[int], list[GenerationJob]] | None = None,
+        on_step: Callable[[int, float], None] | None = None,
     ) -> None:
         """Decode jobs together until all are done, calling each job's `on_done` as it finishes.
+
+        `on_step(n_jobs, seconds)` is told about each decode step (for metrics).
 
         `take_more(n_free)` is called at each joining opportunity and returns up to n_free new
         jobs that join the running batch. Each job keeps its own seeded stream, so its audio does
@@ -202,7 +213,7 @@ class Engine:
             return
         more = None if take_more is None else (lambda n: self._plan_all(take_more(n)))
         with self._decode_lock:
-            generator.run(self._plan_all(jobs), more)
+            generator.run(self._plan_all(jobs), more, on_step)
 
     def _plan_all(self, jobs: list[GenerationJob]) -> list[DecodeTask]:
         tasks = []
@@ -217,7 +228,7 @@ class Engine:
         """Raise InvalidRequestError now for a mode the configured model cannot serve (cheap: no loading)."""
         if mode is not GenerationMode.MELODY:
             return
-        loaded = self._generator
+        loaded = self._generator_slot.value
         is_melody = loaded.loaded.is_melody if loaded else models.is_melody_model(self.settings.generation_model)
         if is_melody is False:
             raise InvalidRequestError(
@@ -230,56 +241,80 @@ class Engine:
         generator = self.generator
         mode = params.mode or (GenerationMode.MELODY if generator.loaded.is_melody else GenerationMode.CONTINUATION)
         self.check_mode(mode)
-        seed = params.seed if params.seed is not None else secrets.randbelow(2**31)
-        text, description = params.prompt or "", params.prompt
+        _check_controls(params, mode)
+        bpm, key = self._hints(job)
+        plan = _Plan(job, seed=params.seed if params.seed is not None else secrets.randbelow(2**31), mode=mode,
+                     n_channels=generator.n_channels, started=time.perf_counter())  # fmt: skip
         if mode is GenerationMode.STYLE:
-            description = self.describe(job.source, job.source_embedding, job.analysis)
-            text = f"{params.prompt}. {description}" if params.prompt else description
+            plan.description = self.describe(job.source, job.source_embedding, job.analysis, bpm, key)
+            text = f"{params.prompt}. {plan.description}" if params.prompt else plan.description
+        else:
+            text = join_text(params.prompt, hint_text(bpm, key))
+            plan.description = text or None
         prompt_audio = melody_audio = None
         if mode is GenerationMode.CONTINUATION:
-            n_prompt = int(self.settings.prompt_seconds * SAMPLE_RATE)
-            prompt_audio = job.source[-n_prompt:]
+            plan.section = select_section(job.source, params.continuation_start, params.continuation_end)
+            prompt_audio = plan.section[-int(self.settings.prompt_seconds * SAMPLE_RATE) :]
         elif mode is GenerationMode.MELODY:
             melody_audio = job.source
-        started = time.perf_counter()
-
-        def on_done(outcome: np.ndarray | BaseException) -> None:
-            if isinstance(outcome, BaseException):
-                _deliver(job, outcome)
-                return
-            try:
-                result = self._finish(job, outcome, seed, mode, description, started)
-            except Exception as error:
-                _deliver(job, error)
-                return
-            _deliver(job, result)
-
+        n_frames = round(params.duration * FRAMES_PER_SECOND)
+        if params.loop:
+            plan.loop = plan_loop(params.duration, bpm)
+            n_frames = math.ceil(plan.loop.seconds_to_generate * FRAMES_PER_SECOND)
         return DecodeTask(
-            key=job.key, text=text, params=params, seed=seed,
-            n_frames=round(params.duration * FRAMES_PER_SECOND), prompt_audio=prompt_audio,
-            melody_audio=melody_audio, progress=job.progress, should_cancel=job.should_cancel, on_done=on_done,
+            key=job.key, text=text, params=params, seed=plan.seed, n_frames=n_frames,
+            prompt_audio=prompt_audio, melody_audio=melody_audio, progress=job.progress,
+            should_cancel=job.should_cancel, on_done=lambda outcome: self._done(plan, outcome),
         )  # fmt: skip
 
-    def describe(self, source: np.ndarray, embedding: np.ndarray | None, analysis: dict[str, Any] | None) -> str:
-        """A caption of a 32 kHz source from its CLAP vector plus tempo and key."""
-        from motif.analysis import analyze
+    def _hints(self, job: GenerationJob) -> tuple[float | None, str | None]:
+        """Tempo and key for the text condition: the request's, else those detected in the upload."""
+        params = job.params
+        if params.bpm is not None and params.key is not None:
+            return params.bpm, params.key
+        analysis = job.analysis if job.analysis is not None else _analyze(job.source)
+        tempo = analysis.get("tempo_bpm")
+        detected_key = f"{analysis['key']} {analysis['mode']}" if analysis.get("key") else None
+        return (params.bpm or (float(tempo) if tempo else None)), (params.key or detected_key)
 
+    def describe(
+        self, source: np.ndarray, embedding: np.ndarray | None, analysis: dict[str, Any] | None,
+        bpm: float | None = None, key: str | None = None,
+    ) -> str:  # fmt: skip
+        """A caption of a 32 kHz source from its CLAP vector plus tempo and key (given, else detected)."""
         if embedding is None:
             embedding = self.embed_audio(source, SAMPLE_RATE)
-        if analysis is None:
-            analysis = analyze(source, SAMPLE_RATE).to_dict()
-        key = f"{analysis['key']} {analysis['mode']}" if analysis.get("key") else None
-        tempo = analysis.get("tempo_bpm")
-        return self.embedder.caption(embedding, float(tempo) if tempo is not None else None, key).text
+        if bpm is None or key is None:
+            analysis = analysis if analysis is not None else _analyze(source)
+            tempo = analysis.get("tempo_bpm")
+            bpm = bpm or (float(tempo) if tempo is not None else None)
+            key = key or (f"{analysis['key']} {analysis['mode']}" if analysis.get("key") else None)
+        return self.embedder.caption(embedding, bpm, key).text
 
-    def _finish(
-        self, job: GenerationJob, audio: np.ndarray, seed: int, mode: GenerationMode, description: str | None,
-        started: float,
-    ) -> GenerationResult:  # fmt: skip
+    def _done(self, plan: _Plan, outcome: np.ndarray | BaseException) -> None:
+        """Runs on the generator's finisher thread: post-process and deliver, never raising."""
+        if isinstance(outcome, BaseException):
+            _deliver(plan.job, outcome)
+            return
+        try:
+            result = self._finish(plan, outcome)
+        except Exception as error:
+            _deliver(plan.job, error)
+            return
+        _deliver(plan.job, result)
+
+    def _finish(self, plan: _Plan, audio: np.ndarray) -> GenerationResult:
+        """Decoded audio -> the result: loop or prompt joined, loudness-normalised, similarity to the source."""
         from motif.audio import loudness_normalize
 
+        job = plan.job
         decoded = time.perf_counter()
+        if plan.section is not None and job.params.include_prompt:
+            audio = np.concatenate([as_channels(plan.section, plan.n_channels), as_channels(audio, plan.n_channels)])
+            audio = audio[:, 0] if plan.n_channels == 1 else audio
         audio = loudness_normalize(audio, SAMPLE_RATE)
+        if plan.loop is not None:
+            audio = make_loop(audio, plan.loop)
         similarity = None
         try:
             reference = job.source_embedding
@@ -290,8 +325,50 @@ class Engine:
             log.warning("no similarity for %s: %s", job.key, error)
         if job.progress is not None:
             job.progress(100.0)
-        timings = {"generate_s": decoded - started, "postprocess_s": time.perf_counter() - decoded}
-        return GenerationResult(audio, SAMPLE_RATE, seed, mode, description, similarity, timings)
+        timings = {"generate_s": decoded - plan.started, "postprocess_s": time.perf_counter() - decoded}
+        return GenerationResult(audio, SAMPLE_RATE, plan.seed, plan.mode, plan.description, similarity, timings)
+
+
+@dataclass
+class _Plan:
+    """What a job's post-processing needs to know about how it was planned."""
+
+    job: GenerationJob
+    seed: int
+    mode: GenerationMode
+    n_channels: int
+    started: float
+    description: str | None = None
+    section: np.ndarray | None = None  # continuation: the chosen section of the source
+    loop: LoopPlan | None = None
+
+
+def _check_controls(params: GenerationParams, mode: GenerationMode) -> None:
+    if mode is GenerationMode.CONTINUATION:
+        return
+    for name in ("continuation_start", "continuation_end"):
+        if getattr(params, name) is not None:
+            raise InvalidRequestError(f"{name} applies to mode 'continuation', not '{mode.value}'")
+    if params.include_prompt:
+        raise InvalidRequestError(f"include_prompt applies to mode 'continuation', not '{mode.value}'")
+
+
+def _analyze(source: np.ndarray) -> dict[str, Any]:
+    from motif.analysis import analyze
+
+    return analyze(as_channels(source, 1)[:, 0], SAMPLE_RATE).to_dict()
+
+
+def _check_batch_memory(generator: MusicGenerator, settings: Settings, device: torch.device) -> None:
+    """Refuse a MAX_BATCH_SIZE whose KV cache cannot fit the memory left after loading the models."""
+    needed = generator.cache_bytes_at_full_batch()
+    free = models.free_memory_bytes(device)
+    if free is not None and needed > free:
+        raise ModelUnavailableError(
+            f"MAX_BATCH_SIZE={settings.max_batch_size} with WINDOW_SECONDS={settings.window_seconds} needs "
+            f"{needed / 2**30:.1f} GiB of key/value cache on {device}, but {free / 2**30:.1f} GiB is free: "
+            "lower MAX_BATCH_SIZE or WINDOW_SECONDS"
+        )
 
 
 def _deliver(job: GenerationJob, outcome: GenerationResult | BaseException) -> None:

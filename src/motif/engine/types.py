@@ -38,6 +38,12 @@ class GenerationParams:
     prompt: str | None = None  # optional user text
     seed: int | None = None  # None: a random seed, reported in the result
     format: OutputFormat = OutputFormat.WAV
+    continuation_start: float | None = None  # continuation: seconds into the upload the section starts (None: 0)
+    continuation_end: float | None = None  # continuation: where it ends; its last PROMPT_SECONDS prompt MusicGen
+    include_prompt: bool = False  # continuation: return the section followed by its continuation in one file
+    loop: bool = False  # a seamless loop of whole 4/4 bars near `duration`, at `bpm` or the upload's tempo
+    bpm: float | None = None  # tempo hint in every mode (overrides the detected one); the loop's tempo
+    key: str | None = None  # key hint in every mode, e.g. "A minor" (overrides the detected one)
 
 
 ProgressCallback = Callable[[float], None]  # called with 0..100, monotonic
@@ -46,7 +52,7 @@ CancelCheck = Callable[[], bool]  # True: stop between decode steps
 
 @dataclass
 class GenerationResult:
-    audio: np.ndarray  # (samples,) float32 mono at SAMPLE_RATE, loudness-normalised
+    audio: np.ndarray  # (samples,) mono or (samples, 2) stereo float32 at SAMPLE_RATE, loudness-normalised
     sample_rate: int
     seed: int
     mode: GenerationMode

@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 AREAS = ("uploads", "processed", "generated")  # the seed's layout under DATA_DIR
+DIR_MODE = 0o700  # only the server's user reads uploads and results
+FILE_MODE = 0o600
 TEMP_PREFIX = ".tmp-"
 _KEY = re.compile(r"^(uploads|processed|generated)/[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
 
@@ -71,7 +73,8 @@ class LocalBlobStore(BlobStore):
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         for area in AREAS:
-            (self.root / area).mkdir(parents=True, exist_ok=True)
+            (self.root / area).mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+            _make_private(self.root / area)
 
     def _path(self, key: str) -> Path:
         return self.root / check_key(key)
@@ -92,7 +95,7 @@ class LocalBlobStore(BlobStore):
         target = self._path(key)
         with open(path, "rb+") as file:
             os.fsync(file.fileno())
-        os.chmod(path, 0o644)
+        os.chmod(path, FILE_MODE)
         os.replace(path, target)
         _fsync_dir(target.parent)
 
@@ -104,7 +107,7 @@ class LocalBlobStore(BlobStore):
                 file.write(data)
                 file.flush()
                 os.fsync(file.fileno())
-            os.chmod(name, 0o644)
+            os.chmod(name, FILE_MODE)
             os.replace(name, target)
         except BaseException:
             Path(name).unlink(missing_ok=True)
@@ -136,6 +139,14 @@ class LocalBlobStore(BlobStore):
                     Path(entry.path).unlink(missing_ok=True)
                     removed += 1
         return removed
+
+
+def _make_private(directory: Path) -> None:
+    """Tighten a directory and the files older versions wrote world-readable (0755/0644)."""
+    os.chmod(directory, DIR_MODE)
+    for entry in os.scandir(directory):
+        if entry.is_file(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_mode & 0o077:
+            os.chmod(entry.path, FILE_MODE)
 
 
 def _fsync_dir(path: Path) -> None:

@@ -33,7 +33,9 @@ class EngineHost:
             with self._lock:
                 if self._engine is None:
                     from motif.engine import Engine
+                    from motif.service.logs import adopt_library_logging
 
+                    adopt_library_logging()
                     self._engine = Engine(self.settings)
         return self._engine
 

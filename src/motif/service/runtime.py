@@ -15,12 +15,13 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
 import anyio
-from sqlalchemy import select
+from sqlalchemy import make_url, select
 
 from motif.config import Settings
 from motif.service.blobs import AREAS, BlobStore, LocalBlobStore
 from motif.service.engine_host import EngineHost, ModelState
 from motif.service.jobs import JobQueue
+from motif.service.metrics import Metrics
 from motif.service.migrations import head
 from motif.service.quotas import Quotas
 from motif.service.store import AudioRow, Database, JobRow
@@ -63,10 +64,11 @@ class Services:
         return self.host.model_states(self.workers.warming())
 
 
-def open_services(settings: Settings, start_workers: bool = True) -> Services:
-    """Everything the API needs, ready to serve. Raises DataDirBusyError."""
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+def open_services(settings: Settings, start_workers: bool = True, metrics: Metrics | None = None) -> Services:
+    """Everything the API needs, ready to serve; `metrics` hears the workers' jobs. Raises DataDirBusyError."""
+    settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     lock = _lock_data_dir(settings.data_dir)
+    _private_sqlite_file(settings.resolved_database_url)
     db = Database(settings.resolved_database_url)
     if settings.auto_migrate:
         found = db.migrate()
@@ -80,7 +82,7 @@ def open_services(settings: Settings, start_workers: bool = True) -> Services:
     queue.recover()
     sweep_orphans(db, blobs)
     events = JobEvents()
-    workers = Workers(WorkerContext(settings, host, db, blobs, queue, events))
+    workers = Workers(WorkerContext(settings, host, db, blobs, queue, events, metrics=metrics))
     if start_workers:
         workers.start()  # the embedding worker queues the embeddings uploads lack (backfill_embeddings)
     limiter = anyio.CapacityLimiter(max(2, os.cpu_count() or 2))
@@ -100,6 +102,21 @@ def close_services(services: Services, timeout: float = 30.0) -> None:
     services.db.dispose()
     if services.lock is not None:
         services.lock.close()  # releases the flock
+
+
+def _private_sqlite_file(url: str) -> None:
+    """Create (or tighten) a SQLite database file 0600 before SQLite opens it: its -wal and -shm files
+    copy the database file's mode, so they are private too."""
+    parsed = make_url(url)
+    if not parsed.drivername.startswith("sqlite") or parsed.database in (None, "", ":memory:"):
+        return
+    path = Path(parsed.database)
+    os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
+    os.chmod(path, 0o600)
+    for suffix in ("-wal", "-shm"):
+        sidecar = path.with_name(path.name + suffix)
+        if sidecar.exists():
+            os.chmod(sidecar, 0o600)
 
 
 def _lock_data_dir(data_dir: Path) -> IO[str] | None:

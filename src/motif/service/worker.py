@@ -24,6 +24,9 @@ from motif.errors import GenerationCancelled, ModelUnavailableError, MotifError
 from motif.service.blobs import BlobStore
 from motif.service.engine_host import EngineHost
 from motif.service.jobs import ErrorCode, JobKind, JobQueue
+from motif.service.logs import log_context, log_internal_error
+from motif.service.metrics import Metrics
+from motif.service.redact import scrub_paths
 from motif.service.store import AudioRow, Database, EmbeddingRow, JobRow, get_embedding, save_embedding
 
 if TYPE_CHECKING:  # torch and the model code load in the workers' threads, after the server answers
@@ -94,6 +97,7 @@ class _Worker(threading.Thread):
         self.ctx = ctx
         self.wakeup = threading.Event()
         self.warming = True  # until warm_up has loaded (or failed to load) the model
+        self.claimed_at: dict[str, float] = {}  # job id -> monotonic time it was claimed (job duration metric)
 
     def run(self) -> None:
         try:
@@ -117,21 +121,33 @@ class _Worker(threading.Thread):
         raise NotImplementedError
 
     def settle(self, job_id: str, error: BaseException) -> None:
-        """Turn an exception into the job's final state."""
+        """Turn an exception into the job's final state. Users see MotifError reasons (without paths);
+        any other error is logged with an error id and the job says only `internal error (error id ...)`."""
         queue = self.ctx.queue
+        status = "failed"
         if isinstance(error, GenerationCancelled):
             if self.ctx.stopping.is_set() and not queue.is_cancel_requested(job_id):
                 queue.release(job_id)  # shutting down: it runs again at the next start
+                status = ""
             else:
                 queue.mark_cancelled(job_id)
+                status = "cancelled"
         elif isinstance(error, ModelUnavailableError):
-            queue.fail(job_id, str(error), ErrorCode.MODEL_UNAVAILABLE)
+            queue.fail(job_id, scrub_paths(str(error)), ErrorCode.MODEL_UNAVAILABLE)
         elif isinstance(error, MotifError):  # InvalidRequestError, an AudioError from a stored file
-            queue.fail(job_id, str(error), ErrorCode.INVALID_REQUEST)
+            queue.fail(job_id, scrub_paths(str(error)), ErrorCode.INVALID_REQUEST)
         else:
-            log.error("%s job %s failed", self.kind.value, job_id, exc_info=error)
-            queue.fail(job_id, f"internal error: {type(error).__name__}: {error}", ErrorCode.INTERNAL)
+            error_id = log_internal_error(log, error, f"{self.kind.value} job {job_id}")
+            queue.fail(job_id, f"internal error (error id {error_id})", ErrorCode.INTERNAL)
+        self.observe(job_id, status)
         self.ctx.events.publish(job_id)
+
+    def observe(self, job_id: str, status: str) -> None:
+        """Count a job that reached final `status` ("" = back in the queue: not final, not counted)."""
+        claimed_at = self.claimed_at.pop(job_id, None)
+        if status and self.ctx.metrics is not None:
+            seconds = None if claimed_at is None else time.monotonic() - claimed_at
+            self.ctx.metrics.job_finished(self.kind.value, status, seconds)
 
 
 class EmbeddingWorker(_Worker):
@@ -154,10 +170,14 @@ class EmbeddingWorker(_Worker):
     def run_once(self) -> bool:
         claimed = self.ctx.queue.claim(JobKind.EMBEDDING, 1)
         for job in claimed:
-            try:
-                self.embed(job)
-            except Exception as error:
-                self.settle(job.id, error)
+            self.claimed_at[job.id] = time.monotonic()
+            with log_context(job_id=job.id, audio_id=job.audio_id):
+                try:
+                    self.embed(job)
+                except Exception as error:
+                    self.settle(job.id, error)
+                finally:
+                    self.claimed_at.pop(job.id, None)  # an upload deleted meanwhile ends uncounted
         return bool(claimed)
 
     def embed(self, job: JobRow) -> None:
@@ -177,6 +197,7 @@ class EmbeddingWorker(_Worker):
             if session.get(AudioRow, job.audio_id) is not None:
                 save_embedding(session, job.audio_id, model, version, vector)
                 ctx.queue.complete(job.id, {"model": model, "dim": int(vector.size)}, session=session)
+        self.observe(job.id, "completed")
         ctx.events.publish(job.id)
 
 
@@ -203,8 +224,9 @@ class GenerationWorker(_Worker):
         if not jobs:
             return False
         failure: Exception | None = None
+        metrics = self.ctx.metrics
         try:
-            self.ctx.engine.run_batch(jobs, self.take_more)
+            self.ctx.engine.run_batch(jobs, self.take_more, on_step=metrics.decode_step if metrics else None)
         except Exception as error:  # the engine failed as a whole (not one job): fail its jobs with the reason
             log.exception("generation batch failed")
             failure = error
@@ -229,10 +251,12 @@ class GenerationWorker(_Worker):
         jobs = []
         for row in self.ctx.queue.claim(JobKind.GENERATION, n_free):
             self.in_flight.add(row.id)
-            try:
-                jobs.append(self.prepare(row))
-            except Exception as error:
-                self.finish(row, error)
+            self.claimed_at[row.id] = time.monotonic()
+            with log_context(job_id=row.id, audio_id=row.audio_id):
+                try:
+                    jobs.append(self.prepare(row))
+                except Exception as error:
+                    self.finish(row, error)
         return jobs
 
     def prepare(self, row: JobRow) -> GenerationJob:
@@ -264,6 +288,10 @@ class GenerationWorker(_Worker):
         return False
 
     def finish(self, row: JobRow, outcome: GenerationResult | BaseException) -> None:
+        with log_context(job_id=row.id, audio_id=row.audio_id):
+            self._finish(row, outcome)
+
+    def _finish(self, row: JobRow, outcome: GenerationResult | BaseException) -> None:
         try:
             if isinstance(outcome, BaseException):
                 self.settle(row.id, outcome)
@@ -289,6 +317,11 @@ class GenerationWorker(_Worker):
                    "duration": result.audio.shape[0] / result.sample_rate, "timings": result.timings}  # fmt: skip
         if not self.ctx.queue.complete(row.id, summary, key, output_bytes=len(data)):
             self.ctx.blobs.delete(key)  # deleted or cancelled meanwhile
+            self.observe(row.id, "cancelled")
+        else:
+            self.observe(row.id, "completed")
+            if self.ctx.metrics is not None:
+                self.ctx.metrics.generation_finished(summary["duration"], sum(result.timings.values()))
         self.ctx.events.publish(row.id)
 
 
@@ -326,6 +359,7 @@ class WorkerContext:
     queue: JobQueue
     events: JobEvents
     stopping: threading.Event = field(default_factory=threading.Event)
+    metrics: Metrics | None = None  # job counts and durations, decode steps (motif.service.metrics)
 
     @property
     def engine(self) -> Engine:

@@ -5,7 +5,6 @@ Heavy objects (database, blob store, engine, worker threads) are created in the 
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -15,7 +14,11 @@ from fastapi import FastAPI
 from motif import __version__
 from motif.config import Settings
 from motif.service.api.errors import install_error_handlers
+from motif.service.api.middleware import RequestObserver
 from motif.service.api.routes import api_router
+from motif.service.api.routes.metrics import router as metrics_router
+from motif.service.logs import configure_logging
+from motif.service.metrics import Metrics
 from motif.service.runtime import close_services, open_services
 
 DESCRIPTION = """Upload a piece of music, get more music like it.
@@ -31,11 +34,12 @@ DESCRIPTION = """Upload a piece of music, get more music like it.
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app; `settings` default to the environment and `.env`."""
     settings = settings or Settings()
-    logging.basicConfig(level=settings.log_level, format="%(levelname)s %(name)s: %(message)s")
+    configure_logging(settings)
+    metrics = Metrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        services = await anyio.to_thread.run_sync(open_services, settings)
+        services = await anyio.to_thread.run_sync(lambda: open_services(settings, metrics=metrics))
         app.state.services = services
         try:
             yield
@@ -45,5 +49,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="Motif", version=__version__, description=DESCRIPTION, lifespan=lifespan,
                   docs_url="/docs", redoc_url="/redoc")  # fmt: skip
     install_error_handlers(app)
+    app.add_middleware(RequestObserver, metrics=metrics)
     app.include_router(api_router)
+    app.state.metrics = metrics
+    metrics.watch(lambda: getattr(app.state, "services", None))
+    if settings.metrics_enabled:
+        app.include_router(metrics_router)  # outside /api: where Prometheus scrapes by default
     return app

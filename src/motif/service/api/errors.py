@@ -1,11 +1,18 @@
-"""Every error is JSON {"detail": ...}: typed Motif errors map to one status each; nothing leaks a traceback."""
+"""Every error is JSON {"detail": ...}: typed Motif errors map to one status each; nothing leaks a traceback.
+
+An unexpected error answers only `{"detail": "internal error", "error_id": ...}`; the same id is in the log
+line that holds the exception. Details meant for users (MotifError messages, HTTPException details) keep
+their reason but lose absolute paths.
+"""
 
 from __future__ import annotations
 
 import logging
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from motif.errors import (
     AudioError,
@@ -16,6 +23,8 @@ from motif.errors import (
     NotAudioError,
     TooLongError,
 )
+from motif.service.logs import log_internal_error
+from motif.service.redact import scrub_paths
 from motif.service.runtime import DataDirBusyError
 
 log = logging.getLogger(__name__)
@@ -57,12 +66,22 @@ def responses(*codes: int) -> dict[int | str, dict[str, object]]:
     return {code: {"model": ErrorMessage, "description": ERROR_RESPONSES[code]} for code in codes}
 
 
+def internal_error_response(error_id: str) -> JSONResponse:
+    return JSONResponse({"detail": "internal error", "error_id": error_id}, status_code=500)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(MotifError)
     async def _motif_error(_request: Request, error: MotifError) -> JSONResponse:
-        return JSONResponse({"detail": str(error)}, status_code=status_of(error))
+        return JSONResponse({"detail": scrub_paths(str(error))}, status_code=status_of(error))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, error: StarletteHTTPException) -> Response:
+        if isinstance(error.detail, str):
+            error.detail = scrub_paths(error.detail)
+        return await http_exception_handler(request, error)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, error: Exception) -> JSONResponse:
-        log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=error)
-        return JSONResponse({"detail": "internal server error (logged on the server)"}, status_code=500)
+        # Reached only for errors outside the request middleware, which answers the same way itself.
+        return internal_error_response(log_internal_error(log, error, f"{request.method} {request.url.path}"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from motif.engine import GenerationMode, OutputFormat
 from motif.service.jobs import ErrorCode, JobStatus
@@ -95,6 +95,19 @@ class GenerationRequest(BaseModel):
     prompt: str | None = Field(default=None, max_length=1000, description="optional text to steer the music")
     seed: int | None = Field(default=None, ge=0, lt=2**31, description="same seed and parameters: same audio")
     format: OutputFormat = OutputFormat.WAV
+    continuation_start: float | None = Field(default=None, ge=0, le=3600, description="continuation: section start, s")
+    continuation_end: float | None = Field(default=None, gt=0, le=3600, description="continuation: section end, s")
+    include_prompt: bool = Field(default=False, description="continuation: the section, then its continuation")
+    loop: bool = Field(default=False, description="a seamless loop of whole bars near `duration`")
+    bpm: float | None = Field(default=None, ge=30, le=300, description="tempo hint (and the loop's tempo)")
+    key: str | None = Field(default=None, pattern=r"^[A-G][#b]?( (major|minor))?$", description='e.g. "A minor"')
+
+    @model_validator(mode="after")
+    def _section_in_order(self) -> GenerationRequest:
+        start, end = self.continuation_start, self.continuation_end
+        if start is not None and end is not None and end <= start:
+            raise ValueError("continuation_end must be after continuation_start")
+        return self
 
 
 class GenerationStatus(BaseModel):

@@ -14,6 +14,7 @@ from motif.service.api.security import PrincipalDep, ScopeDep, quota_error
 from motif.service.api.upload import OPENAPI_BODY, receive_upload
 from motif.service.api.waits import ready_embedding
 from motif.service.ingest import ingest_upload
+from motif.service.logs import bind
 from motif.service.quotas import QuotaExceeded
 
 router = APIRouter(tags=["audio"])
@@ -34,6 +35,7 @@ async def upload_audio(request: Request, services: ServicesDep, principal: Princ
                                                  principal.key_id, limiter=services.decode_limiter)  # fmt: skip
     except QuotaExceeded as error:
         raise quota_error(error) from error
+    bind(audio_id=row.id)  # the request's log line names the new upload
     return AudioPublic.from_row(row, "queued")
 
 

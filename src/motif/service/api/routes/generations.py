@@ -17,6 +17,7 @@ from motif.service.api.errors import responses
 from motif.service.api.schemas import GenerationList, GenerationRequest, GenerationStatus
 from motif.service.api.security import PrincipalDep, ScopeDep, quota_error
 from motif.service.jobs import JobStatus
+from motif.service.logs import bind
 from motif.service.quotas import QuotaExceeded
 from motif.service.runtime import Services
 from motif.service.store import JobRow, Scope
@@ -60,6 +61,7 @@ def generate(
     row = library.create_generation(services, principal.scope, audio_id, params)
     if row is None:
         raise HTTPException(404, f"no upload {audio_id}")
+    bind(job_id=row.id)  # the request's log line names the new generation
     body = _status(services, row).model_dump(mode="json")
     body["status"] = JobStatus.QUEUED.value  # as created, even if a worker took it already
     return JSONResponse(body, status_code=202, headers={"Location": f"/api/status/{row.id}"})

@@ -11,6 +11,7 @@ from motif.service.api.deps import ServicesDep
 from motif.service.api.schemas import Health, ModelHealth, QueueDepth
 from motif.service.api.security import presented_principal
 from motif.service.keys import Principal
+from motif.service.redact import scrub_paths
 
 router = APIRouter(tags=["health"])
 
@@ -19,7 +20,7 @@ router = APIRouter(tags=["health"])
 def health(services: ServicesDep, caller: Annotated[Principal | None, Depends(presented_principal)]) -> Health:
     """Always 200 while the process serves; `ready` says whether jobs can run now. Open to anyone;
     the details are for admin keys when keys are required."""
-    models = [ModelHealth(role=m.role, model_id=m.model_id, state=m.state, detail=m.detail)
+    models = [ModelHealth(role=m.role, model_id=scrub_paths(m.model_id), state=m.state, detail=scrub_paths(m.detail))
               for m in services.model_states()]  # fmt: skip
     workers = services.workers.alive()
     ready = all(m.state == "loaded" for m in models) and all(workers.values())
