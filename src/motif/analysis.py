@@ -7,6 +7,7 @@ five minutes of 32 kHz audio take about 0.6 s on one core.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 
@@ -67,19 +68,22 @@ class AudioAnalysis:
 def analyze(samples: np.ndarray, sample_rate: int) -> AudioAnalysis:
     """Analyse (frames,) mono (or (frames, channels), averaged) float audio at `sample_rate` Hz.
 
-    Never raises for silence or very short input: undefined values come back as None.
+    Never raises for silence or very short input: undefined values come back as None. Memory is a few
+    times the input in float32 (uploads are analysed at 32 kHz, never at their native rate).
     """
-    x = np.nan_to_num(np.asarray(samples, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    x = np.asarray(samples, dtype=np.float32)
+    if not np.isfinite(x).all():  # decoded uploads are finite already: no copy for them
+        x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
     if x.ndim == 2:
         x = x.mean(axis=1)
-    peak = float(np.abs(x).max(initial=0.0))
-    rms = float(np.sqrt(np.mean(np.square(x, dtype=np.float64)))) if x.size else 0.0
+    peak = float(max(x.max(initial=0.0), -x.min(initial=0.0)))
+    rms = math.sqrt(_mean_square(x))
     spectral = resample(x, sample_rate, SPECTRAL_RATE) if sample_rate > SPECTRAL_RATE else x
     low = resample(spectral, min(sample_rate, SPECTRAL_RATE), RHYTHM_RATE)
     tempo, tempo_confidence = estimate_tempo(low, RHYTHM_RATE)
     key, mode, key_confidence = estimate_key(low, RHYTHM_RATE)
     centroid, rolloff, flatness = _spectral_shape(spectral, min(sample_rate, SPECTRAL_RATE))
-    crossings = np.count_nonzero(np.signbit(x[1:]) != np.signbit(x[:-1])) if x.size > 1 else 0
+    crossings = _zero_crossings(x)
     return AudioAnalysis(
         duration=x.shape[0] / sample_rate,
         tempo_bpm=tempo, tempo_confidence=tempo_confidence,
@@ -91,21 +95,32 @@ def analyze(samples: np.ndarray, sample_rate: int) -> AudioAnalysis:
     )  # fmt: skip
 
 
+def _mean_square(x: np.ndarray) -> float:
+    """Mean of x**2 accumulated in float64, a chunk at a time (no float64 copy of a long clip)."""
+    total = 0.0
+    for start in range(0, x.shape[0], 1 << 18):
+        chunk = x[start : start + (1 << 18)].astype(np.float64)
+        total += float(np.dot(chunk, chunk))
+    return total / x.shape[0] if x.shape[0] else 0.0
+
+
 def _db(value: float) -> float | None:
     return 20 * math.log10(value) if value > 0 else None
 
 
 def _magnitudes(x: np.ndarray, n_fft: int, hop: int) -> np.ndarray:
     """(samples,) -> (frames, n_fft // 2 + 1) float32 Hann-windowed STFT magnitudes, frames not centred."""
+    return np.concatenate(list(_magnitude_blocks(x, n_fft, hop)))
+
+
+def _magnitude_blocks(x: np.ndarray, n_fft: int, hop: int) -> Iterator[np.ndarray]:
+    """`_magnitudes` 1024 frames at a time, so a caller that reduces them never holds them all."""
     if x.shape[0] < n_fft:
         x = np.pad(x, (0, n_fft - x.shape[0]))
     frames = sliding_window_view(x, n_fft)[::hop]
     window = np.hanning(n_fft).astype(np.float32)
-    out = np.empty((frames.shape[0], n_fft // 2 + 1), dtype=np.float32)
     for start in range(0, frames.shape[0], 1024):  # chunks bound the windowed copy to a few MB
-        chunk = frames[start : start + 1024] * window
-        out[start : start + 1024] = np.abs(np.fft.rfft(chunk, axis=1))
-    return out
+        yield np.abs(np.fft.rfft(frames[start : start + 1024] * window, axis=1)).astype(np.float32)
 
 
 def _onset_envelope(x: np.ndarray) -> np.ndarray:
@@ -117,9 +132,23 @@ def _onset_envelope(x: np.ndarray) -> np.ndarray:
     peak = float(np.abs(x).max(initial=0.0))
     # Leading zeros let a note or beat at t = 0 register as an onset.
     x = np.pad(x / peak if peak > 0 else x, (RHYTHM_N_FFT // 2, 0))
-    mags = np.log1p(100.0 * _magnitudes(x, RHYTHM_N_FFT, RHYTHM_HOP))
-    flux = np.concatenate([[0.0], np.maximum(0.0, np.diff(mags, axis=0)).mean(axis=1)])
-    return np.convolve(flux, _ONSET_SMOOTHING, mode="same").astype(np.float32)
+    flux: list[np.ndarray] = [np.zeros(1)]
+    previous: np.ndarray | None = None  # the last frame's log magnitudes, for the first difference of a block
+    for mags in _magnitude_blocks(x, RHYTHM_N_FFT, RHYTHM_HOP):
+        logs = np.log1p(100.0 * mags)
+        steps = np.diff(logs, axis=0) if previous is None else np.diff(logs, axis=0, prepend=previous)
+        flux.append(np.maximum(0.0, steps).mean(axis=1))
+        previous = logs[-1:]
+    return np.convolve(np.concatenate(flux), _ONSET_SMOOTHING, mode="same").astype(np.float32)
+
+
+def _zero_crossings(x: np.ndarray) -> int:
+    """Sign changes between consecutive samples, counted a chunk at a time."""
+    count = 0
+    for start in range(0, max(0, x.shape[0] - 1), 1 << 18):
+        signs = np.signbit(x[start : start + (1 << 18) + 1])
+        count += int(np.count_nonzero(signs[1:] != signs[:-1]))
+    return count
 
 
 def estimate_tempo(x: np.ndarray, sample_rate: int) -> tuple[float | None, float]:

@@ -1,4 +1,4 @@
-"""Audio in and out: decode any upload to mono float32, resample, loudness-normalise, encode.
+"""Audio in and out: decode any upload to mono float32 (`motif.decode`), resample, loudness-normalise, encode.
 
 Numpy in, numpy out: nothing here knows about models, HTTP or storage. Every refusal is a typed
 `motif.errors.AudioError` whose message is written for the person who uploaded the file.
@@ -10,273 +10,41 @@ import io
 import math
 import os
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 import av
 import numpy as np
-import pyloudnorm
 import soundfile as sf
 import soxr
+from pyloudnorm.iirfilter import IIRfilter
 from scipy.ndimage import minimum_filter1d, uniform_filter1d
-from scipy.signal import resample_poly
+from scipy.signal import lfilter, resample_poly
 
-from motif.engine.types import OutputFormat
-from motif.errors import (
-    CorruptAudioError,
-    EmptyAudioError,
-    NoAudioStreamError,
-    NotAudioError,
-    TooLongError,
-    TooShortError,
+from motif.decode import (
+    MAX_DURATION,
+    MIN_DURATION,
+    AudioInfo,
+    DecodedAudio,
+    DecodeLimits,
+    Source,
+    load_audio,
+    probe_audio,
 )
+from motif.engine.types import OutputFormat
 
-MAX_DURATION = 300.0  # seconds
-MIN_DURATION = 1.0  # seconds
-DURATION_SLACK = 0.1  # seconds of codec padding tolerated past max_duration, then trimmed
-MAX_NONFINITE_FRACTION = 0.01  # more NaN/Inf than this is a broken file, not a few bad samples
-MAX_BAD_PACKET_FRACTION = 0.05  # FFmpeg skips a damaged packet; this many means a damaged file
+__all__ = ["MAX_DURATION", "MIN_DURATION", "AudioInfo", "DecodeLimits", "DecodedAudio", "Source", "encode_audio",
+           "load_audio", "loudness_normalize", "measure_loudness", "measure_true_peak", "probe_audio", "resample",
+           "write_audio"]  # fmt: skip
+
 TARGET_LUFS = -14.0
 TRUE_PEAK_DBTP = -1.0
 TRUE_PEAK_RATE = 192_000  # BS.1770-4 annex 2: oversample to 192 kHz (4x at 48 kHz, 6x at 32 kHz)
 LIMITER_WINDOW_S = 0.005  # lookahead / release of the peak limiter
+LOUDNESS_BLOCK_S, LOUDNESS_OVERLAP = 0.4, 0.75  # BS.1770 gating blocks
+LOUDNESS_CHUNK = 1 << 18  # samples filtered at a time
+DENORMAL_GUARD = 1e-150  # +- at Nyquist, 3000 dB below full scale: keeps IIR states out of subnormals
 MP3_BIT_RATE = 192_000
 WAV_SUBTYPE = "PCM_16"
-
-
-class Readable(Protocol):
-    """A binary file or stream: read() is required; seek() and tell() are used when present."""
-
-    def read(self, size: int = -1, /) -> bytes | None: ...
-
-
-Source = str | Path | bytes | Readable
-
-# Demuxers of pictures ("png_pipe", ...) and text: such a file is "not audio", not "audio-less video".
-_NON_MEDIA_FORMATS = {"image2", "tty", "srt", "webvtt", "ass", "subviewer", "lrc"}
-
-
-@dataclass(frozen=True)
-class DecodedAudio:
-    samples: np.ndarray  # (frames,) float32 mono in [-1, 1], finite
-    sample_rate: int  # Hz of `samples`
-    duration: float  # seconds of decoded audio
-    source_sample_rate: int  # Hz of the upload's audio stream
-    source_channels: int
-    codec: str  # FFmpeg decoder name, e.g. "mp3float", "pcm_s16le"
-    container: str  # FFmpeg demuxer name, e.g. "wav", "mov,mp4,m4a,3gp,3g2,mj2"
-    n_nonfinite: int  # NaN/Inf source values replaced by 0 (all channels counted)
-
-
-@dataclass(frozen=True)
-class AudioInfo:
-    """What the container header claims; `duration` may be None or wrong (headers lie)."""
-
-    container: str
-    codec: str
-    sample_rate: int
-    channels: int
-    duration: float | None  # seconds
-
-
-class _Unnamed:
-    """Hides a file's name from FFmpeg so the format is chosen by content, never by extension."""
-
-    def __init__(self, raw: Readable) -> None:
-        self.read, self._raw = raw.read, raw
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        return self._raw.seek(offset, whence)  # type: ignore[attr-defined]  # only called when seekable()
-
-    def tell(self) -> int:
-        return self._raw.tell()  # type: ignore[attr-defined]
-
-    def seekable(self) -> bool:
-        return hasattr(self._raw, "seek") and getattr(self._raw, "seekable", lambda: True)()
-
-
-@contextmanager
-def _open_container(source: Source) -> Iterator[av.container.InputContainer]:
-    """Open `source` for demuxing. Raises NotAudioError; FileNotFoundError passes through (our bug)."""
-    raw: Readable
-    owned: io.BufferedReader | io.BytesIO | None = None
-    if isinstance(source, bytes | bytearray | memoryview):
-        raw = owned = io.BytesIO(source)
-    elif isinstance(source, str | Path):
-        raw = owned = open(source, "rb")  # noqa: SIM115 - closed below, after the container
-    else:
-        raw = source
-    try:
-        try:
-            # No protocols: a playlist (HLS, concat) in an upload must not make FFmpeg open other files.
-            container = av.open(_Unnamed(raw), mode="r", options={"protocol_whitelist": "none"})
-        except (av.error.FFmpegError, ValueError, EOFError) as error:
-            raise NotAudioError(
-                "The file is not audio or video that we can read: its format was not recognised, "
-                "or it is damaged or cut short before its header ends."
-            ) from error
-        with container:
-            yield container
-    finally:
-        if owned is not None:
-            owned.close()
-
-
-def _audio_stream(container: av.container.InputContainer) -> av.audio.stream.AudioStream:
-    """The first audio stream. Raises NoAudioStreamError (video only) or NotAudioError (anything else)."""
-    if container.streams.audio:
-        return container.streams.audio[0]
-    name = container.format.name
-    if container.streams.video and name not in _NON_MEDIA_FORMATS and not name.endswith("_pipe"):
-        raise NoAudioStreamError("The file is a video with no audio track; upload one with sound.")
-    raise NotAudioError(f"The file ({name}) holds no audio: it is not an audio or video file.")
-
-
-def probe_audio(source: Source) -> AudioInfo:
-    """Read only the header of `source` (path, bytes or binary file). Raises NotAudioError, NoAudioStreamError."""
-    with _open_container(source) as container:
-        stream = _audio_stream(container)
-        duration = None
-        if stream.duration is not None and stream.time_base is not None:
-            duration = float(stream.duration * stream.time_base)
-        elif container.duration is not None:
-            duration = container.duration / av.time_base
-        context = stream.codec_context
-        return AudioInfo(container.format.name, context.name, context.sample_rate, context.channels, duration)
-
-
-def load_audio(
-    source: Source,
-    *,
-    sample_rate: int | None = None,
-    max_duration: float = MAX_DURATION,
-    min_duration: float = MIN_DURATION,
-) -> DecodedAudio:
-    """Decode the first audio stream of `source` to mono float32 at `sample_rate` Hz (None: native).
-
-    `source` is a path, bytes, or a binary file read from its current position. The format is
-    detected from content only. Channels are averaged. Length is measured on the decoded samples
-    and decoding stops as soon as it passes `max_duration` (+ DURATION_SLACK, trimmed), so memory
-    stays bounded whatever the header says. NaN/Inf samples become 0 and are counted.
-
-    Raises NotAudioError, NoAudioStreamError, EmptyAudioError, TooShortError, TooLongError,
-    CorruptAudioError (too many undecodable packets, or more than 1% non-finite samples).
-    """
-    if sample_rate is not None and sample_rate <= 0:
-        raise ValueError(f"sample_rate must be positive, got {sample_rate}")
-    with _open_container(source) as container:
-        stream = _audio_stream(container)
-        decoder = _StreamDecoder(sample_rate, max_duration)
-        decoder.run(container, stream)
-        codec, container_name = stream.codec_context.name, container.format.name
-    samples = decoder.result()
-    rate = sample_rate or decoder.source_rate
-    duration = samples.shape[0] / rate
-    if duration < min_duration:
-        raise TooShortError(f"The audio is {duration:.2f} s long; at least {min_duration:g} s is needed.")
-    return DecodedAudio(samples, rate, duration, decoder.source_rate, decoder.source_channels, codec,
-                        container_name, decoder.n_nonfinite)  # fmt: skip
-
-
-class _StreamDecoder:
-    """One decode pass: frames -> mono float32 chunks, resampled as they arrive, with the limits enforced."""
-
-    def __init__(self, target_rate: int | None, max_duration: float) -> None:
-        self.target_rate, self.max_duration = target_rate, max_duration
-        self.source_rate = self.source_channels = 0
-        self.n_source = self.n_values = self.n_nonfinite = 0  # source-rate frames, values, bad values
-        self.max_frames = 0  # source-rate frames allowed, set from the first frame's rate
-        self.n_packets = self.n_bad_packets = 0
-        self.first_error: Exception | None = None
-        self.chunks: list[np.ndarray] = []
-        self._stream: soxr.ResampleStream | None = None
-
-    def run(self, container: av.container.InputContainer, stream: av.audio.stream.AudioStream) -> None:
-        try:
-            for packet in container.demux(stream):
-                self.n_packets += 1
-                try:
-                    frames = packet.decode()
-                except av.error.FFmpegError as error:
-                    self._bad_packet(error)
-                    continue
-                for frame in frames:
-                    self._add(frame)
-        except av.error.FFmpegError as error:
-            raise CorruptAudioError("The audio is damaged and could not be read to the end.") from error
-        if self.n_bad_packets > max(2, MAX_BAD_PACKET_FRACTION * self.n_packets):
-            raise self._corrupt()
-
-    def _bad_packet(self, error: Exception) -> None:
-        # FFmpeg's own tools skip a packet that fails to decode; many failures mean a damaged file.
-        self.n_bad_packets += 1
-        self.first_error = self.first_error or error
-        if self.n_bad_packets > max(20, MAX_BAD_PACKET_FRACTION * self.n_packets):
-            raise self._corrupt()
-
-    def _corrupt(self) -> CorruptAudioError:
-        error = CorruptAudioError(
-            f"The audio is damaged: {self.n_bad_packets} of the first {self.n_packets} packets could not be decoded."
-        )
-        error.__cause__ = self.first_error  # FFmpeg's words, for the log rather than the user
-        return error
-
-    def _add(self, frame: av.AudioFrame) -> None:
-        values = _frame_values(frame)  # (channels, n)
-        if not self.source_rate:
-            self.source_rate, self.source_channels = frame.sample_rate, values.shape[0]
-            self.max_frames = math.ceil((self.max_duration + DURATION_SLACK) * self.source_rate)
-            if self.target_rate and self.target_rate != self.source_rate:
-                self._stream = soxr.ResampleStream(self.source_rate, self.target_rate, 1, dtype="float32")
-        finite = np.isfinite(values)
-        if not finite.all():
-            self.n_nonfinite += int(values.size - np.count_nonzero(finite))
-            values = np.where(finite, values, np.float32(0))
-        self.n_values += values.size
-        mono = values.mean(axis=0, dtype=np.float32)
-        if frame.sample_rate != self.source_rate:  # rare: a rate change mid-stream (concatenated MP3s)
-            mono = soxr.resample(mono, frame.sample_rate, self.source_rate).astype(np.float32)
-        self.n_source += mono.shape[0]
-        if self.n_source > self.max_frames:
-            raise TooLongError(
-                f"The audio is longer than the {self.max_duration:g} s limit (decoding stopped at "
-                f"{self.n_source / self.source_rate:.1f} s); trim it and upload again."
-            )
-        self.chunks.append(self._stream.resample_chunk(mono) if self._stream else mono)
-
-    def result(self) -> np.ndarray:
-        """(frames,) float32 in [-1, 1]. Raises EmptyAudioError, CorruptAudioError."""
-        if self.n_source == 0:
-            if self.n_bad_packets:
-                raise self._corrupt()
-            raise EmptyAudioError("The audio track is empty: it decodes to no samples.")
-        if self.n_nonfinite > MAX_NONFINITE_FRACTION * self.n_values:
-            raise CorruptAudioError(
-                f"The audio is damaged: {self.n_nonfinite / self.n_values:.1%} of its samples are not numbers "
-                "(NaN or infinite)."
-            )
-        if self._stream is not None:
-            self.chunks.append(self._stream.resample_chunk(np.zeros(0, np.float32), last=True))
-        samples = np.concatenate(self.chunks)
-        rate = self.target_rate or self.source_rate
-        samples = samples[: round(self.max_duration * rate)]  # drop the tolerated codec padding
-        # Float sources and resampling may overshoot full scale; callers are promised [-1, 1].
-        return np.clip(samples, -1.0, 1.0, out=samples)
-
-
-def _frame_values(frame: av.AudioFrame) -> np.ndarray:
-    """A decoded frame as (channels, samples) float32 at full scale 1.0, whatever FFmpeg's sample format."""
-    data = frame.to_ndarray()
-    if not frame.format.is_planar:  # packed formats come as (1, samples * channels), interleaved
-        data = data.reshape(-1, frame.layout.nb_channels).T
-    if data.dtype.kind == "u":  # unsigned 8-bit: silence is 128
-        return (data.astype(np.float32) - 128.0) / 128.0
-    if data.dtype.kind == "i":
-        return data.astype(np.float32) / float(2 ** (8 * data.dtype.itemsize - 1))
-    return data.astype(np.float32, copy=False)
 
 
 def resample(samples: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
@@ -295,20 +63,64 @@ def resample(samples: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
 
 
 def measure_loudness(samples: np.ndarray, sample_rate: int) -> float | None:
-    """Integrated loudness of (frames,) mono or (frames, channels) in LUFS (ITU-R BS.1770-4, pyloudnorm).
+    """Integrated loudness of (frames,) mono or (frames, channels) in LUFS (ITU-R BS.1770-4: pyloudnorm's
+    filters, blocks and gates; channels weighted 1.0, as for left and right).
 
     None for digital silence or audio entirely below the -70 LUFS gate. Clips shorter than one 400 ms
-    gating block are measured as if looped, which keeps their mean square.
+    gating block are measured as if looped, which keeps their mean square. Filtered a chunk at a time in
+    float64, so five minutes at 32 kHz take a few MB beside the input, not five copies of it.
     """
-    samples = np.nan_to_num(_frames_first(np.asarray(samples, dtype=np.float64)))
-    if not samples.any():
+    x = _frames_first(np.asarray(samples))
+    if x.shape[0] == 0:
         return None
-    block = math.ceil(0.4 * sample_rate) + 1
-    if samples.shape[0] < block:
-        samples = np.tile(samples, (-(-block // samples.shape[0]),) + (1,) * (samples.ndim - 1))
+    channels = x.reshape(x.shape[0], -1)
+    block = math.ceil(LOUDNESS_BLOCK_S * sample_rate) + 1
+    if channels.shape[0] < block:
+        channels = np.tile(channels, (-(-block // channels.shape[0]), 1))
+    z = _block_mean_squares(channels[:, 0], sample_rate)
+    for c in range(1, channels.shape[1]):  # BS.1770 sums the channels' mean squares
+        z = z + _block_mean_squares(channels[:, c], sample_rate)
     with np.errstate(divide="ignore", invalid="ignore"):
-        lufs = pyloudnorm.Meter(sample_rate).integrated_loudness(samples)
+        loudness = -0.691 + 10 * np.log10(z)
+        gated = z[loudness >= -70.0]  # the absolute gate
+        if gated.size == 0:
+            return None
+        relative = -0.691 + 10 * np.log10(gated.mean()) - 10.0
+        kept = z[(loudness > relative) & (loudness > -70.0)]
+        lufs = -0.691 + 10 * np.log10(kept.mean()) if kept.size else -math.inf
     return float(lufs) if np.isfinite(lufs) else None
+
+
+def _block_mean_squares(x: np.ndarray, sample_rate: int) -> np.ndarray:
+    """(frames,) -> (blocks,) float64 mean square of the K-weighted signal in each 400 ms gating block.
+
+    Blocks overlap by 75% and start where pyloudnorm starts them; NaN/Inf count as 0.
+    """
+    n = x.shape[0]
+    step = 1.0 - LOUDNESS_OVERLAP
+    j = np.arange(int(np.round((n / sample_rate - LOUDNESS_BLOCK_S) / (LOUDNESS_BLOCK_S * step))) + 1)
+    lo = np.minimum((LOUDNESS_BLOCK_S * (j * step) * sample_rate).astype(np.int64), n)
+    hi = np.minimum((LOUDNESS_BLOCK_S * (j * step + 1) * sample_rate).astype(np.int64), n)
+    bounds = np.unique(np.concatenate([lo, hi]))
+    energy = np.zeros(bounds.shape[0])  # sum of squares of the filtered signal before each bound
+    stages = [IIRfilter(4.0, 1 / np.sqrt(2), 1500.0, sample_rate, "high_shelf"),  # K-weighting: head
+              IIRfilter(0.0, 0.5, 38.0, sample_rate, "high_pass")]  # fmt: skip  # and the RLB high-pass
+    coefficients = [(stage.b, stage.a, stage.passband_gain) for stage in stages]
+    states = [np.zeros(max(len(b), len(a)) - 1) for b, a, _ in coefficients]
+    total = 0.0
+    for start in range(0, n, LOUDNESS_CHUNK):
+        y = np.nan_to_num(x[start : start + LOUDNESS_CHUNK].astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+        y[::2] += DENORMAL_GUARD  # the filters' decay after a click would crawl through subnormal numbers
+        y[1::2] -= DENORMAL_GUARD
+        for i, (b, a, gain) in enumerate(coefficients):
+            y, states[i] = lfilter(b, a, y, zi=states[i])
+            y *= gain
+        running = np.cumsum(np.square(y)) + total
+        inside = (bounds > start) & (bounds <= start + y.shape[0])
+        energy[inside] = running[bounds[inside] - start - 1]
+        total = float(running[-1])
+    at = np.searchsorted(bounds, [lo, hi])
+    return np.maximum(energy[at[1]] - energy[at[0]], 0.0) / (LOUDNESS_BLOCK_S * sample_rate)
 
 
 def measure_true_peak(samples: np.ndarray, sample_rate: int) -> float:

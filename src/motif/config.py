@@ -43,6 +43,15 @@ class Settings(BaseSettings):
     max_file_size: int = Field(100 * MiB, gt=0, description="bytes")
     max_duration: float = Field(300.0, gt=0, description="seconds of decoded audio")
 
+    # Bounded work for any upload (decoding limits, concurrency, slow clients)
+    max_sample_rate: int = Field(192_000, ge=8_000, description="Hz of an upload's audio stream")
+    max_channels: int = Field(8, ge=1, description="channels of an upload's audio stream")
+    max_samples: int = Field(120_000_000, gt=0, description="decoded values per upload: seconds x rate x channels")
+    max_concurrent_decodes: int = Field(2, ge=1, description="uploads decoded at once; more wait their turn")
+    max_concurrent_uploads: int = Field(8, ge=1, description="upload requests served at once; more get 503")
+    upload_timeout: float = Field(600.0, gt=0, description="seconds to receive a whole upload body")
+    upload_idle_timeout: float = Field(30.0, gt=0, description="seconds an upload may send nothing")
+
     # Generation defaults
     prompt_seconds: float = Field(10.0, gt=0, le=20, description="continuation: seconds of source as prompt")
     window_seconds: float = Field(30.0, gt=5, le=30, description="MusicGen's context per window")

@@ -31,6 +31,14 @@ class TooLongError(AudioError):
     """Longer than MAX_DURATION, measured while decoding (HTTP 413)."""
 
 
+class TooManySamplesError(TooLongError):
+    """More decoded samples (seconds x rate x channels) than MAX_SAMPLES, counted while decoding (HTTP 413)."""
+
+
+class UnsupportedAudioError(AudioError):
+    """Readable audio outside what we decode: sample rate, channels or packets per second over the limits (422)."""
+
+
 class CorruptAudioError(AudioError):
     """Decoding started but failed, or samples are unusable (HTTP 422)."""
 

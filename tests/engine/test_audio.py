@@ -8,6 +8,7 @@ import os
 import tracemalloc
 from pathlib import Path
 
+import av
 import numpy as np
 import pyloudnorm
 import pytest
@@ -16,22 +17,28 @@ from scipy.signal import resample_poly
 
 from motif import audio
 from motif.audio import (
+    DecodeLimits,
     encode_audio,
     load_audio,
     loudness_normalize,
+    measure_loudness,
     measure_true_peak,
     probe_audio,
     resample,
     write_audio,
 )
+from motif.config import Settings
 from motif.errors import (
     CorruptAudioError,
     EmptyAudioError,
     NoAudioStreamError,
     NotAudioError,
     TooLongError,
+    TooManySamplesError,
     TooShortError,
+    UnsupportedAudioError,
 )
+from tests.e2e.bombs import write_bomb
 from tests.synth import FORMATS, SR, click_track, music_like, noise, sine, square, write_format
 
 AUDIO_FORMATS = [f for f in FORMATS if f != "mp4_video_only"]
@@ -317,11 +324,102 @@ def test_a_playlist_cannot_make_ffmpeg_read_other_files(
         load_audio(text.encode())
 
 
+# ---------------------------------------------------------------- limits on what decoding costs
+
+
+def test_a_sample_rate_over_the_limit_is_refused_at_the_header(tmp_path: Path) -> None:
+    reader = CountingReader(write_bomb(tmp_path / "x.flac", "flac", 655_350, 1, 30.0))
+    try:
+        with pytest.raises(UnsupportedAudioError, match="655350 Hz; the limit is 192000 Hz"):
+            load_audio(reader)
+    finally:
+        reader.close()
+    assert reader.n_read < 100_000  # the header and FFmpeg's probe, not the stream
+
+
+@pytest.mark.parametrize("fmt", ["flac", "wav"])
+def test_channels_and_rate_limits_are_settings(tmp_path: Path, fmt: str) -> None:
+    path = write_bomb(tmp_path / "x.bin", fmt, 96_000, 6, 2.0)
+
+    with pytest.raises(UnsupportedAudioError, match="6 channels; the limit is 2"):
+        load_audio(path, limits=DecodeLimits(max_channels=2))
+    with pytest.raises(UnsupportedAudioError, match="96000 Hz; the limit is 48000 Hz"):
+        load_audio(path, limits=DecodeLimits(max_sample_rate=48_000))
+    assert load_audio(path, sample_rate=SR).source_channels == 6  # within the defaults
+
+
+def test_decoded_samples_are_counted_over_all_channels_and_refused_early(tmp_path: Path) -> None:
+    path = write_bomb(tmp_path / "x.wav", "wav", 48_000, 8, 30.0)  # 11.5 M values
+    reader = CountingReader(path)
+    try:
+        with pytest.raises(TooManySamplesError, match="more than 2000000 samples") as refused:
+            load_audio(reader, sample_rate=SR, limits=DecodeLimits(max_samples=2_000_000))
+    finally:
+        reader.close()
+    assert isinstance(refused.value, TooLongError)  # the API's 413
+    assert reader.n_read < 0.3 * path.stat().st_size  # 5.2 s of 30: it stopped there
+
+
+def test_a_stream_cut_into_tiny_packets_is_refused_quickly(tmp_path: Path) -> None:
+    path = tmp_path / "tiny-blocks.flac"
+    with av.open(str(path), "w", format="flac") as container:  # 16-sample FLAC frames: 12,000 packets a second
+        stream = container.add_stream("flac", rate=192_000, layout="mono", options={"frame_size": "16"})
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 192_000 * 5), np.int16), format="s16", layout="mono")
+        frame.sample_rate = 192_000
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            container.mux(packet)
+
+    with pytest.raises(UnsupportedAudioError, match="packets per second"):
+        load_audio(path)
+
+
+def test_decoding_to_a_lower_rate_holds_the_output_not_the_source(tmp_path: Path) -> None:
+    path = write_bomb(tmp_path / "x.flac", "flac", 192_000, 8, 60.0, click_every=0.5)
+
+    tracemalloc.start()
+    try:
+        decoded = load_audio(path, sample_rate=SR, max_duration=60.0)
+        _, peak_bytes = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+
+    output = 60.0 * SR * 4  # 7.7 MB of float32 at 32 kHz; the source would be 369 MB decoded
+    assert decoded.duration == pytest.approx(60.0) and (decoded.source_sample_rate, decoded.source_channels) == (
+        192_000, 8)  # fmt: skip
+    assert peak_bytes < output + 8_000_000
+    clicks = np.flatnonzero(np.abs(decoded.samples) > 0.5)
+    starts = clicks[np.r_[True, np.diff(clicks) > 100]]
+    assert starts.size == 120 and np.abs(np.diff(starts) - SR / 2).max() <= 2  # a click every 0.5 s, in time
+
+
+def test_limits_come_from_the_settings() -> None:
+    settings = Settings(_env_file=None, max_duration=60, max_sample_rate=48_000, max_channels=2,  # type: ignore[call-arg]
+                        max_samples=1000)  # fmt: skip
+    assert DecodeLimits.from_settings(settings) == DecodeLimits(max_duration=60.0, max_sample_rate=48_000,
+                                                                max_channels=2, max_samples=1000)  # fmt: skip
+
+
 # ---------------------------------------------------------------- loudness
 
 
 def lufs(samples: np.ndarray) -> float:
     return float(pyloudnorm.Meter(SR).integrated_loudness(samples.astype(np.float64)))
+
+
+@pytest.mark.parametrize(
+    "samples",
+    [music_like(20.0), sine(60.0, 3.0, amplitude=0.01), click_track(30.0, 12.0), np.r_[np.zeros(5 * SR), noise(2.0)]],
+    ids=["music", "quiet-bass", "clicks-in-silence", "late-noise"],
+)
+def test_loudness_is_pyloudnorms_measured_a_chunk_at_a_time(samples: np.ndarray) -> None:
+    measured = measure_loudness(samples.astype(np.float32), SR)
+    assert measured == pytest.approx(lufs(samples), abs=1e-6)
+
+
+def test_loudness_of_silence_and_nothing_is_none() -> None:
+    assert measure_loudness(np.zeros(3 * SR, np.float32), SR) is None
+    assert measure_loudness(np.zeros(0, np.float32), SR) is None
+    assert measure_loudness(np.full(SR, np.nan, np.float32), SR) is None
 
 
 def test_a_quiet_sine_is_raised_to_minus_14_lufs() -> None:

@@ -7,7 +7,7 @@ import threading
 
 from motif.service.jobs import ErrorCode, JobKind, JobQueue, JobStatus
 from motif.service.store import Database
-from motif.service.worker import JobEvents, ProgressReporter
+from motif.service.worker import JobEvents, ProgressReporter, backfill_embeddings
 from tests.service.conftest import add_audio
 
 
@@ -101,6 +101,28 @@ def test_a_failed_embedding_job_is_requeued_not_duplicated(db: Database, queue: 
     with db.transaction() as session:
         again = queue.ensure_embedding(session, audio_id)
     assert again.id == job_id and again.status == JobStatus.QUEUED and again.error is None
+    assert again.attempts == 1  # re-queued, not reset: recovery still counts the start it had
+
+
+def test_an_embedding_that_kept_killing_the_server_stays_failed_through_backfill_and_lookups(
+    db: Database, queue: JobQueue
+) -> None:
+    (job_id,) = _enqueue(db, queue, 1, JobKind.EMBEDDING)
+    for _ in range(queue.max_attempts):  # a worker starts it ... and the process dies, three times
+        assert [job.id for job in queue.claim(JobKind.EMBEDDING, 1)] == [job_id]
+        queue.recover()
+    failed = queue.get(job_id)
+    assert failed is not None and failed.status == JobStatus.FAILED and failed.error_code == ErrorCode.INTERRUPTED
+
+    # The next start-up queues the embeddings uploads lack; a client asks for the vector.
+    assert backfill_embeddings(db, queue, "tiny", "v1") == 1
+    with db.transaction() as session:
+        looked_up = queue.ensure_embedding(session, failed.audio_id)
+
+    job = queue.get(job_id)
+    assert looked_up.id == job_id and job is not None
+    assert (job.status, job.attempts, job.error) == (JobStatus.FAILED, queue.max_attempts, failed.error)
+    assert queue.claim(JobKind.EMBEDDING, 1) == []  # nothing runs it a fourth time
 
 
 def test_progress_writes_are_throttled(db: Database, queue: JobQueue) -> None:

@@ -6,7 +6,6 @@ interrupted upload leaves nothing behind (start-up sweeps what a killed process 
 
 from __future__ import annotations
 
-import io
 import re
 import unicodedata
 from pathlib import Path
@@ -37,18 +36,21 @@ def ingest_upload(services: Services, staged: Path, filename: str, size: int, ow
     """Decode, analyse and store a fully received upload; runs in a worker thread, never on the event loop.
 
     `staged` is a temp file in the blob store's staging area; on success it is moved into uploads/.
-    `owner` is the uploading key's id (None when keys are off).
+    `owner` is the uploading key's id (None when keys are off). The upload is decoded once, straight to
+    32 kHz mono within the settings' DecodeLimits; the analysis and the stored copy both use that signal,
+    so memory is bounded by MAX_DURATION at 32 kHz.
     Raises the AudioError subclasses of `load_audio` (the API maps them to 413/415/422).
     """
     from motif.analysis import analyze  # scipy, FFmpeg: imported by the first upload, not at start-up
-    from motif.audio import load_audio, resample
+    from motif.audio import DecodeLimits, load_audio
 
     if size == 0:
         raise EmptyAudioError("The file is empty.")
     settings, blobs = services.settings, services.blobs
-    decoded = load_audio(staged, max_duration=settings.max_duration)
-    analysis = analyze(decoded.samples, decoded.sample_rate).to_dict()
-    processed = resample(decoded.samples, decoded.sample_rate, SAMPLE_RATE).astype(np.float32)
+    # Stereo stays stereo (stereo MusicGen continues each channel); analysis reads the mono mix.
+    decoded = load_audio(staged, sample_rate=SAMPLE_RATE, limits=DecodeLimits.from_settings(settings), stereo=True)
+    mono = decoded.samples.mean(axis=1) if decoded.samples.ndim == 2 else decoded.samples
+    analysis = analyze(mono, decoded.sample_rate).to_dict()
     audio_id = new_id()
     upload_key = f"uploads/{audio_id}{_SUFFIXES.get(decoded.container, '.bin')}"
     processed_key = f"processed/{audio_id}.npy"
@@ -57,7 +59,10 @@ def ingest_upload(services: Services, staged: Path, filename: str, size: int, ow
                    channels=decoded.source_channels, codec=decoded.codec, container=decoded.container,
                    analysis=analysis, upload_key=upload_key, processed_key=processed_key)  # fmt: skip
     try:
-        blobs.put_bytes(processed_key, _npy_bytes(processed))
+        with blobs.staging("processed") as npy:
+            with open(npy, "wb") as file:  # straight to disk: no copy in memory
+                np.save(file, decoded.samples, allow_pickle=False)
+            blobs.put_file(processed_key, npy)
         blobs.put_file(upload_key, staged)
         with services.db.transaction() as session:
             session.add(row)
@@ -68,9 +73,3 @@ def ingest_upload(services: Services, staged: Path, filename: str, size: int, ow
         raise
     services.workers.wake(JobKind.EMBEDDING)
     return row
-
-
-def _npy_bytes(samples: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, samples, allow_pickle=False)
-    return buffer.getvalue()

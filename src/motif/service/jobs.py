@@ -72,7 +72,12 @@ class JobQueue:
         return row
 
     def ensure_embedding(self, session: Session, audio_id: str) -> JobRow:
-        """The upload's active embedding job; else its last one re-queued if it failed; else a new one."""
+        """The upload's active embedding job; else its last one re-queued if it failed; else a new one.
+
+        The crash-loop guard: a job failed because the server died under it `max_attempts` times stays
+        failed with its reason (re-running it would kill the server again), and a re-queued job keeps its
+        count of attempts, so recovery still fails it once it reaches `max_attempts`.
+        """
         latest = session.scalar(
             select(JobRow)
             .where(JobRow.kind == JobKind.EMBEDDING.value, JobRow.audio_id == audio_id)
@@ -82,8 +87,10 @@ class JobQueue:
         if latest is None or latest.status == JobStatus.COMPLETED.value:  # none, or a vector of another model
             owner = session.scalar(select(AudioRow.owner).where(AudioRow.id == audio_id))
             return self.enqueue(session, JobKind.EMBEDDING, audio_id, owner=owner)
+        if latest.error_code == ErrorCode.INTERRUPTED.value:
+            return latest
         if latest.status in (JobStatus.FAILED.value, JobStatus.CANCELLED.value):
-            latest.status, latest.progress, latest.attempts = JobStatus.QUEUED.value, 0.0, 0
+            latest.status, latest.progress = JobStatus.QUEUED.value, 0.0
             latest.error = latest.error_code = latest.started_at = latest.finished_at = None
             session.flush()
         return latest

@@ -50,6 +50,7 @@ class Services:
     events: JobEvents
     workers: Workers
     decode_limiter: anyio.CapacityLimiter  # uploads decoded at once: bounds memory, not only CPU
+    upload_limiter: anyio.CapacityLimiter  # upload requests in flight; more are refused with 503
     quotas: Quotas
     lock: IO[str] | None = None
     sweeper: RetentionSweeper | None = None
@@ -85,8 +86,10 @@ def open_services(settings: Settings, start_workers: bool = True, metrics: Metri
     workers = Workers(WorkerContext(settings, host, db, blobs, queue, events, metrics=metrics))
     if start_workers:
         workers.start()  # the embedding worker queues the embeddings uploads lack (backfill_embeddings)
-    limiter = anyio.CapacityLimiter(max(2, os.cpu_count() or 2))
-    services = Services(settings, db, blobs, queue, host, events, workers, limiter, Quotas(settings, db), lock)
+    decodes = anyio.CapacityLimiter(settings.max_concurrent_decodes)
+    uploads = anyio.CapacityLimiter(settings.max_concurrent_uploads)
+    services = Services(settings, db, blobs, queue, host, events, workers, decodes, uploads, Quotas(settings, db),
+                        lock)  # fmt: skip
     if start_workers:
         from motif.service.retention import RetentionSweeper
 

@@ -117,7 +117,7 @@ class AudioRow(Base):
     container: Mapped[str] = mapped_column(String(128))
     analysis: Mapped[dict[str, Any]] = mapped_column(JSON)
     upload_key: Mapped[str] = mapped_column(String(255))  # the original bytes
-    processed_key: Mapped[str] = mapped_column(String(255))  # mono float32 at 32 kHz, .npy
+    processed_key: Mapped[str] = mapped_column(String(255))  # float32 at 32 kHz, (frames,) or (frames, 2), .npy
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
 
 

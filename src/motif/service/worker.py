@@ -19,7 +19,7 @@ import numpy as np
 from sqlalchemy import select
 
 from motif.config import Settings
-from motif.engine.types import GenerationMode, GenerationParams, GenerationResult, OutputFormat
+from motif.engine.types import CLAP_SAMPLE_RATE, GenerationMode, GenerationParams, GenerationResult, OutputFormat
 from motif.errors import GenerationCancelled, ModelUnavailableError, MotifError
 from motif.service.blobs import BlobStore
 from motif.service.engine_host import EngineHost
@@ -181,16 +181,16 @@ class EmbeddingWorker(_Worker):
         return bool(claimed)
 
     def embed(self, job: JobRow) -> None:
-        """Decode the original upload at its own rate (as `motif embed` does) and store its CLAP vector."""
+        """Decode the original upload straight to CLAP's 48 kHz, within the upload limits, and store its vector."""
         ctx = self.ctx
         with ctx.db.session() as session:
             audio = session.get(AudioRow, job.audio_id)
         if audio is None:
             return  # deleted meanwhile: its jobs went with it
-        from motif.audio import load_audio
+        from motif.audio import DecodeLimits, load_audio
 
         with ctx.blobs.open(audio.upload_key) as file:
-            decoded = load_audio(file, max_duration=ctx.settings.max_duration)
+            decoded = load_audio(file, sample_rate=CLAP_SAMPLE_RATE, limits=DecodeLimits.from_settings(ctx.settings))
         vector = ctx.engine.embed_audio(decoded.samples, decoded.sample_rate)
         model, version = ctx.settings.embedding_model, ctx.engine.pipeline_version
         with ctx.db.transaction() as session:

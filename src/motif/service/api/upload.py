@@ -1,16 +1,25 @@
 """Receive a multipart upload's `file` part straight into a staging file, counting bytes as they arrive.
 
 Starlette's form parser would spool the whole body before a route sees it; this parser refuses an
-oversized file (413) the moment it passes MAX_FILE_SIZE, holding only one chunk in memory at a time.
+oversized file (413) the moment it passes MAX_FILE_SIZE, holds at most WRITE_BYTES in memory, and writes
+them from a worker thread so a slow disk never stalls the event loop. A client that sends too slowly gets
+408; more uploads at once than MAX_CONCURRENT_UPLOADS get 503 with Retry-After.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, cast
+from typing import TYPE_CHECKING, cast
 
+import anyio
 from fastapi import HTTPException, Request
 from python_multipart.multipart import MultipartParser, parse_options_header
+
+from motif.config import Settings
+from motif.service.api.schemas import ErrorMessage
 
 if TYPE_CHECKING:
     from python_multipart.multipart import MultipartCallbacks
@@ -18,7 +27,13 @@ if TYPE_CHECKING:
 FILE_FIELD = "file"
 MULTIPART_SLACK = 64 * 1024  # bytes of boundaries and part headers allowed around the file
 MAX_OTHER_PART = 64 * 1024  # bytes: other form fields are ignored, but not without limit
+WRITE_BYTES = 1024 * 1024  # received bytes are written to disk in pieces of about this size
+BUSY_RETRY_AFTER = 5  # seconds suggested to a client refused because too many uploads are in flight
 
+UPLOAD_RESPONSES: dict[int | str, dict[str, object]] = {
+    408: {"model": ErrorMessage, "description": "the body came too slowly (UPLOAD_TIMEOUT, UPLOAD_IDLE_TIMEOUT)"},
+    503: {"model": ErrorMessage, "description": "too many uploads at once (MAX_CONCURRENT_UPLOADS); see Retry-After"},
+}
 OPENAPI_BODY = {
     "requestBody": {
         "required": True,
@@ -36,10 +51,11 @@ OPENAPI_BODY = {
 
 
 class _Receiver:
-    """python-multipart callbacks: the first part named `file` goes to `out`; the others are dropped."""
+    """python-multipart callbacks: the first part named `file` goes to `pending`; the others are dropped."""
 
-    def __init__(self, out: BinaryIO, max_bytes: int) -> None:
-        self.out, self.max_bytes = out, max_bytes
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.pending = bytearray()  # file bytes received and not yet written
         self.size, self.other_size = 0, 0
         self.filename: str | None = None
         self.found = self.in_file = False
@@ -75,18 +91,35 @@ class _Receiver:
         self.size += end - start
         if self.size > self.max_bytes:
             raise HTTPException(413, f"The file is larger than the limit of {self.max_bytes} bytes (MAX_FILE_SIZE).")
-        self.out.write(data[start:end])
+        self.pending += data[start:end]
 
     def on_part_end(self) -> None:
         self.in_file = False
 
 
-async def receive_upload(request: Request, staged: Path, max_bytes: int) -> tuple[str | None, int]:
+@contextmanager
+def upload_slot(limiter: anyio.CapacityLimiter) -> Iterator[None]:
+    """Hold one of MAX_CONCURRENT_UPLOADS for this request. Raises HTTPException 503 (Retry-After) when none is free."""
+    try:
+        limiter.acquire_nowait()
+    except anyio.WouldBlock:
+        raise HTTPException(503, f"The server is receiving {limiter.total_tokens:g} uploads already "
+                            "(MAX_CONCURRENT_UPLOADS); retry shortly.",
+                            headers={"Retry-After": str(BUSY_RETRY_AFTER)}) from None  # fmt: skip
+    try:
+        yield
+    finally:
+        limiter.release()
+
+
+async def receive_upload(request: Request, staged: Path, settings: Settings) -> tuple[str | None, int]:
     """Stream the request's `file` part into `staged`; returns (client file name, bytes).
 
-    Raises HTTPException: 413 over max_bytes (also from Content-Length, before reading), 422 when the
-    body is not multipart/form-data with a `file` part.
+    Raises HTTPException: 413 over MAX_FILE_SIZE (also from Content-Length, before reading), 408 when the
+    body takes longer than UPLOAD_TIMEOUT or pauses longer than UPLOAD_IDLE_TIMEOUT, 422 when the body is
+    not multipart/form-data with a `file` part.
     """
+    max_bytes = settings.max_file_size
     content_type, params = parse_options_header(request.headers.get("content-type", ""))
     boundary = params.get(b"boundary")
     if content_type != b"multipart/form-data" or not boundary:
@@ -94,20 +127,42 @@ async def receive_upload(request: Request, staged: Path, max_bytes: int) -> tupl
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > max_bytes + MULTIPART_SLACK:
         raise HTTPException(413, f"The file is larger than the limit of {max_bytes} bytes (MAX_FILE_SIZE).")
-    with open(staged, "wb") as out:
-        receiver = _Receiver(out, max_bytes)
-        parser = MultipartParser(boundary, _callbacks(receiver))
+    receiver = _Receiver(max_bytes)
+    parser = MultipartParser(boundary, _callbacks(receiver))
+    async with await anyio.open_file(staged, "wb") as out:  # each write runs in a worker thread
         try:
-            async for chunk in request.stream():
+            async for chunk in _timed_chunks(request, settings.upload_timeout, settings.upload_idle_timeout):
                 parser.write(chunk)
+                if len(receiver.pending) >= WRITE_BYTES:
+                    await out.write(receiver.pending)
+                    receiver.pending.clear()
             parser.finalize()
         except HTTPException:
             raise
         except Exception as error:  # python-multipart's MultipartParseError and friends
             raise HTTPException(422, f"The multipart body is malformed: {error}") from error
+        await out.write(receiver.pending)
     if not receiver.found:
         raise HTTPException(422, "The form has no `file` field: send the audio as multipart field `file`.")
     return receiver.filename, receiver.size
+
+
+async def _timed_chunks(request: Request, total: float, idle: float) -> AsyncIterator[bytes]:
+    """The body's chunks. Raises HTTPException 408 past `total` seconds, or after `idle` s without a chunk."""
+    deadline = time.monotonic() + total
+    chunks = request.stream().__aiter__()
+    while True:
+        wait = min(idle, deadline - time.monotonic())
+        try:
+            with anyio.fail_after(max(wait, 0.0)):
+                chunk = await chunks.__anext__()
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            reason = (f"sent nothing for {idle:g} s (UPLOAD_IDLE_TIMEOUT)" if wait == idle
+                      else f"was not received within {total:g} s (UPLOAD_TIMEOUT)")  # fmt: skip
+            raise HTTPException(408, f"The upload {reason}; send it again on a faster connection.") from None
+        yield chunk
 
 
 def _callbacks(receiver: _Receiver) -> MultipartCallbacks:

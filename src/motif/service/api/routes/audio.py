@@ -11,7 +11,7 @@ from motif.service.api.deps import AudioId, Limit, Offset, ServicesDep
 from motif.service.api.errors import responses
 from motif.service.api.schemas import AudioList, AudioPublic, EmbeddingPublic, ErrorMessage, JobPending
 from motif.service.api.security import PrincipalDep, ScopeDep, quota_error
-from motif.service.api.upload import OPENAPI_BODY, receive_upload
+from motif.service.api.upload import OPENAPI_BODY, UPLOAD_RESPONSES, receive_upload, upload_slot
 from motif.service.api.waits import ready_embedding
 from motif.service.ingest import ingest_upload
 from motif.service.logs import bind
@@ -22,17 +22,18 @@ router = APIRouter(tags=["audio"])
 
 @router.post(
     "/upload", status_code=201, response_model=AudioPublic, openapi_extra=OPENAPI_BODY,
-    responses=responses(413, 415, 422, 429, 503),
+    responses={**responses(413, 415, 422, 429, 503), **UPLOAD_RESPONSES},
 )  # fmt: skip
 async def upload_audio(request: Request, services: ServicesDep, principal: PrincipalDep) -> AudioPublic:
     """Upload a track (any common audio or video format, by content). Its CLAP embedding starts at once."""
     try:
-        await anyio.to_thread.run_sync(services.quotas.check_upload, principal)
-        with services.blobs.staging("uploads") as staged:
-            filename, size = await receive_upload(request, staged, services.settings.max_file_size)
-            await anyio.to_thread.run_sync(services.quotas.check_storage, principal, size)
-            row = await anyio.to_thread.run_sync(ingest_upload, services, staged, filename or "", size,
-                                                 principal.key_id, limiter=services.decode_limiter)  # fmt: skip
+        with upload_slot(services.upload_limiter):
+            await anyio.to_thread.run_sync(services.quotas.check_upload, principal)
+            with services.blobs.staging("uploads") as staged:
+                filename, size = await receive_upload(request, staged, services.settings)
+                await anyio.to_thread.run_sync(services.quotas.check_storage, principal, size)
+                row = await anyio.to_thread.run_sync(ingest_upload, services, staged, filename or "", size,
+                                                     principal.key_id, limiter=services.decode_limiter)  # fmt: skip
     except QuotaExceeded as error:
         raise quota_error(error) from error
     bind(audio_id=row.id)  # the request's log line names the new upload
