@@ -27,6 +27,18 @@ def test_quick_bench_prints_a_table_then_one_json_line_with_every_key(
         assert isinstance(result[key], float) and result[key] >= 0, key
     assert 0.0 <= result["top1_agreement"] <= 1.0
     assert set(result["rtf_by_precision"]) >= {"bf16", "int8"}
+    peers = {"peer_torchao_rtf", "peer_openvino_rtf", "peer_onnxruntime_rtf"}
+    assert set(result) >= {"avx2_rtf", "cpu_features", "paths", *peers}
+    for key in {"avx2_rtf", *peers}:  # a figure, or null with the reason in the table
+        name = key.removeprefix("peer_").removesuffix("_rtf")
+        assert result[key] is None or result[key] > 0, key
+        if key in peers:
+            assert result["peer_notes"][name], key
+    assert {"AVX2+FMA", "AVX-512", "AVX512-VNNI", "AVX512-BF16", "AMX"} <= set(result["cpu_features"])
+    table = "\n".join(lines[:-1])
+    assert "CPU features" in table and f"path at {result['precision']}" in table
+    if result["cpu_features"]["AVX2+FMA"]:  # every x86-64 CI machine: the laptop path is measured and checked
+        assert result["avx2_rtf"] is not None and "int8-avx2" in result["fidelity_by_precision"]
 
 
 def test_the_table_says_so_when_the_server_did_not_answer() -> None:
@@ -41,3 +53,8 @@ def test_the_table_says_so_when_the_server_did_not_answer() -> None:
     }  # fmt: skip
     table = bench.format_table(result)
     assert "n/a" in table and "2.0x faster" in table
+    result.update(avx2_rtf=None, peer_torchao_rtf=None, peer_notes={"torchao": "torchao not importable here"},
+                  cpu_features={"AVX2+FMA": True, "AMX": False}, paths={"bf16": "bf16: torch bf16 matmul"})  # fmt: skip
+    table = bench.format_table(result)
+    assert "peer: torchao" in table and "torchao not importable here" in table
+    assert "lacks AMX" in table and "path at bf16" in table

@@ -30,6 +30,15 @@ class Settings(BaseSettings):
     )
     num_threads: int = Field(0, ge=0, description="torch intra-op threads; 0 = all cores")
 
+    # CPU performance (issue 13): which kernel library runs, and how the workers share the cores
+    cpu_path: Literal["auto", "avx512", "avx2", "torch"] = Field(
+        "auto", description="int8 kernels: auto = avx512 with AVX512-VNNI, else avx2 with AVX2+FMA, else torch"
+    )
+    embedding_threads: int = Field(0, ge=0, description="threads an embedding uses; 0 = half the cores")
+    generation_threads: int = Field(
+        0, ge=0, description="threads a decode step uses; 0 = all cores, less EMBEDDING_THREADS while one runs"
+    )
+
     # Input limits
     max_file_size: int = Field(100 * MiB, gt=0, description="bytes")
     max_duration: float = Field(300.0, gt=0, description="seconds of decoded audio")

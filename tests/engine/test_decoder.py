@@ -23,7 +23,9 @@ from motif.engine.decoder import StaticCacheDecoder
 from motif.engine.tiny import _tiny_musicgen_configs
 
 PAD = 2048
-needs_kernel = pytest.mark.skipif(kernels.load_kernel() is None, reason="no AVX512-VNNI CPU or no gcc")
+needs_kernel = pytest.mark.skipif(
+    kernels.load_kernel("avx512") is None, reason=f"CPU path avx512 NOT TESTED: {kernels.kernel_error('avx512')}"
+)
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,9 @@ def loaded_int8(model_cache: Path) -> LoadedGenerator:
 
 # Batch invariance holds bit for bit on the kernel paths, which compute each row on its own. fp32 goes
 # through MKL, whose matmul rounds 2 and 6 rows differently (about 1e-7): a sampled token can then flip.
-needs_kernel = pytest.mark.skipif(kernels.load_kernel() is None, reason="no AVX512-VNNI CPU or no gcc")
+needs_kernel = pytest.mark.skipif(
+    kernels.load_kernel() is None, reason=f"CPU paths avx512 and avx2 NOT TESTED ({kernels.resolve_cpu_path()})"
+)
 
 
 @pytest.fixture(scope="module")
@@ -157,6 +159,29 @@ def test_a_seeded_job_gets_the_same_audio_alone_batched_and_joining_late(loaded_
     generator.run(others, take_more)
     assert set(batched) == {"o1", "o2", "x"}
     assert np.array_equal(alone["x"], batched["x"])
+
+
+@needs_kernel
+def test_without_guidance_a_job_steps_one_row_and_gets_the_same_audio_alone_and_batched(
+    loaded_int8: LoadedGenerator,
+) -> None:
+    """cfg_coef 1 never uses the unconditional logits, so its row is never computed; rows of other widths
+    around it shift down when a job leaves, and its audio stays what it is alone."""
+    generator = MusicGenerator(loaded_int8, max_batch=4, int8=True)
+    rows: list[int] = []
+    step = generator.decoder.step
+    generator.decoder.step = lambda tokens: rows.append(tokens.shape[0]) or step(tokens)  # type: ignore[method-assign]
+    no_cfg = GenerationParams(duration=3.0, seed=5, cfg_coef=1.0)
+    alone: dict = {}
+    generator.run([_task("x", 5, 3.0, alone, params=no_cfg)])
+    assert set(rows) == {1}
+    rows.clear()
+    batched: dict = {}
+    generator.run([_task("short", 1, 1.0, batched), _task("x", 5, 3.0, batched, params=no_cfg),
+                   _task("long", 3, 4.0, batched)])  # fmt: skip
+    assert list(dict.fromkeys(rows)) == [5, 3, 2]  # 2 + 1 + 2 rows; then "short" leaves; then "x"
+    assert np.array_equal(alone["x"], batched["x"])
+    assert batched["long"].shape == (4 * SAMPLE_RATE,)
 
 
 def test_progress_is_monotonic_and_cancel_stops_only_that_job(loaded: LoadedGenerator) -> None:

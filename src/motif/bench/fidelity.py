@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from motif.bench.machine import timed
-from motif.engine import models
+from motif.engine import kernels, models
 from motif.engine.codec import cast_codec_decoder, snr_db
 from motif.engine.decoder import StaticCacheDecoder
 from motif.engine.generator import MusicGenerator
@@ -71,6 +71,13 @@ def _sample_tokens(decoder: StaticCacheDecoder, states: torch.Tensor, n_steps: i
 
 
 def _decoder_in(model: Any, is_melody: bool, precision: str, max_len: int) -> StaticCacheDecoder:
+    """precision: a GENERATION_PRECISION, or int8-avx2 (int8 on the AVX2 kernel library)."""
+    if precision == "int8-avx2":
+        kernels.select_cpu_path("avx2")
+        try:
+            return _decoder_in(model, is_melody, "int8", max_len)
+        finally:
+            kernels.select_cpu_path("auto")
     copied = copy.deepcopy(model)
     dtype = models.resolve_dtype(precision, torch.device("cpu"))
     copied.decoder.to(dtype)

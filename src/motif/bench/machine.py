@@ -112,3 +112,27 @@ def server_cold_start(settings_env: dict[str, str], timeout: float = 60.0) -> fl
             process.wait(timeout=10)
         except subprocess.TimeoutExpired:
             process.kill()
+
+
+CPU_FEATURES = {  # what the table prints -> /proc/cpuinfo flags that must all be present
+    "AVX2+FMA": ("avx2", "fma"),
+    "AVX-512": ("avx512f", "avx512bw", "avx512vl"),
+    "AVX512-VNNI": ("avx512_vnni",),
+    "AVX-VNNI": ("avx_vnni",),
+    "AVX512-BF16": ("avx512_bf16",),
+    "AMX": ("amx_tile", "amx_int8", "amx_bf16"),
+}
+
+
+def cpu_features() -> dict[str, bool]:
+    """The instruction sets Motif's paths care about, from /proc/cpuinfo's flags (all False off Linux x86)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        text = ""
+    flags = set()
+    for line in text.splitlines():
+        if line.startswith(("flags", "Features")):
+            flags = set(line.split(":", 1)[1].split())
+            break
+    return {name: all(f in flags for f in needed) for name, needed in CPU_FEATURES.items()}

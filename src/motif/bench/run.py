@@ -20,6 +20,7 @@ from motif.bench.builders import SHAPES, build_clap_htsat_unfused, build_musicge
 from motif.bench.fidelity import PROMPT, codec_snr, fidelity
 from motif.bench.live import time_to_first_audio
 from motif.bench.machine import (
+    cpu_features,
     cpu_name,
     measure_bandwidth,
     measure_matmul_flops,
@@ -29,8 +30,10 @@ from motif.bench.machine import (
     server_cold_start,
     timed,
 )
+from motif.bench.peers import run_peers
 from motif.config import Settings
-from motif.engine import models
+from motif.engine import kernels, models
+from motif.engine.cpuops import Bf16Linear
 from motif.engine.decoder import StaticCacheDecoder
 from motif.engine.generator import DecodeTask, MusicGenerator
 from motif.engine.types import CLAP_SAMPLE_RATE, FRAMES_PER_SECOND, SAMPLE_RATE, GenerationMode, GenerationParams
@@ -141,9 +144,22 @@ def _music(seconds: float, rate: int) -> np.ndarray:
     return (0.2 * voice * (0.6 + 0.4 * np.sin(2 * np.pi * 2 * t))).astype(np.float32)
 
 
-def _settings(cache_dir: Path, generation: str, embedding: str, precision: str, data_dir: Path) -> Settings:
+def _settings(cache_dir: Path, generation: str, embedding: str, precision: str, data_dir: Path,
+              cpu_path: str = "auto") -> Settings:  # fmt: skip
     return Settings(generation_model=generation, embedding_model=embedding, generation_precision=precision,
-                    model_cache_dir=cache_dir, allow_model_download=False, data_dir=data_dir)
+                    model_cache_dir=cache_dir, allow_model_download=False, data_dir=data_dir,
+                    cpu_path=cpu_path)  # fmt: skip
+
+
+def decoder_path(decoder: StaticCacheDecoder) -> str:
+    """Which code a decode step runs: kernel library, fused step, torch."""
+    if decoder.precision == "int8":
+        library = "avx2" if decoder._kernel is kernels.load_kernel("avx2") else "avx512"
+        return f"int8 kernels ({library}){', one fused call per step' if decoder._fused else ''}"
+    if decoder.precision == "bf16":
+        linear = "bf16_linear kernel" if isinstance(decoder.layers[0].qkv, Bf16Linear) else "torch bf16 matmul"
+        return f"bf16: {linear}{', attention kernel' if decoder._kernel_attention else ''}"
+    return f"{decoder.precision}: torch"
 
 
 def run_bench(quick: bool = False, cache_dir: Path | None = None, precisions: tuple[str, ...] = ("bf16", "int8"),
@@ -160,7 +176,8 @@ def run_bench(quick: bool = False, cache_dir: Path | None = None, precisions: tu
     result: dict[str, Any] = {"quick": quick, "shape": "tiny" if quick else shape, "seconds": seconds,
                               "date": datetime.date.today().isoformat(),
                               "machine": f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}",
-                              "threads": torch.get_num_threads()}  # fmt: skip
+                              "threads": torch.get_num_threads(), "cpu_features": cpu_features(),
+                              "cpu_path": kernels.resolve_cpu_path()}  # fmt: skip
     log("server cold start")
     env = {"GENERATION_MODEL": generation, "EMBEDDING_MODEL": embedding, "MODEL_CACHE_DIR": str(cache_dir),
            "ALLOW_MODEL_DOWNLOAD": "false", "DATA_DIR": str(data_dir / "server")}  # fmt: skip
@@ -188,16 +205,37 @@ def run_bench(quick: bool = False, cache_dir: Path | None = None, precisions: tu
         if precision not in rtf_by_precision:
             log(f"Motif at GENERATION_PRECISION={precision}")
             other = _settings(cache_dir, generation, embedding, precision, data_dir)
-            rtf_by_precision[precision] = _motif_rtf(other, seconds)
+            rtf_by_precision[precision], result["paths"][precision] = _motif_rtf(other, seconds)
     result["rtf_by_precision"] = rtf_by_precision
+    result.update(_avx2_stage(cache_dir, generation, embedding, data_dir, seconds, result, log))
+    log("peers: transformers + torchao int8 (+ torch.compile), OpenVINO, ONNX Runtime")
+    result.update(run_peers(generation, seconds, quick))
     log("(a) baseline: transformers generate, fp32, CFG 3, batch 1")
     result["baseline_rtf"] = baseline_generate(generation, seconds) / seconds
     log("(d) stock CLAP")
     result["clap60_stock_s"] = clap_stock(embedding, track, repeats=1 if quick else 3)
     n_steps = 16 if quick else 200
     log(f"fidelity: {n_steps} teacher-forced steps against float32 on the same weights; EnCodec bf16")
-    result.update(_fidelity_stage(generation, cache_dir, n_steps, [result["precision"], *precisions], seconds))
+    fidelity_precisions = [result["precision"], *precisions] + (["int8-avx2"] if result["avx2_rtf"] else [])
+    result.update(_fidelity_stage(generation, cache_dir, n_steps, fidelity_precisions, seconds))
     return result
+
+
+def _avx2_stage(cache_dir: Path, generation: str, embedding: str, data_dir: Path, seconds: float,
+                result: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:  # fmt: skip
+    """int8 on the AVX2 library (what a laptop without AVX-512 runs), here; None where this CPU lacks AVX2."""
+    if result["cpu_path"] == "avx2" and result["precision"] == "int8":
+        return {"avx2_rtf": result["motif_rtf"]}
+    if kernels.load_kernel("avx2") is None:
+        result["paths"]["int8-avx2"] = f"not run: {kernels.kernel_error('avx2')}"
+        return {"avx2_rtf": None}
+    log("Motif int8 on the AVX2 kernels (CPU_PATH=avx2)")
+    settings = _settings(cache_dir, generation, embedding, "int8", data_dir, cpu_path="avx2")
+    try:
+        rtf, result["paths"]["int8-avx2"] = _motif_rtf(settings, seconds)
+    finally:
+        kernels.select_cpu_path("auto")
+    return {"avx2_rtf": rtf}
 
 
 def _motif_stages(settings: Settings, seconds: float, track: np.ndarray, repeats: int) -> dict[str, Any]:
@@ -209,7 +247,8 @@ def _motif_stages(settings: Settings, seconds: float, track: np.ndarray, repeats
     start = time.perf_counter()
     generator = engine.generator
     engine.embedder  # noqa: B018 - load both models, as a warmed-up server holds them
-    out: dict[str, Any] = {"load_s": time.perf_counter() - start, "precision": generator.decoder.precision}
+    out: dict[str, Any] = {"load_s": time.perf_counter() - start, "precision": generator.decoder.precision,
+                           "paths": {generator.decoder.precision: decoder_path(generator.decoder)}}  # fmt: skip
     motif_generate(generator, 0.5)  # warm-up: kernels, allocator, caches
     out["motif_rtf"] = timed(lambda: motif_generate(generator, seconds), repeats)[0] / seconds
     n_jobs, source = 4, _music(4.0, SAMPLE_RATE)
@@ -227,12 +266,13 @@ def _motif_stages(settings: Settings, seconds: float, track: np.ndarray, repeats
     return out
 
 
-def _motif_rtf(settings: Settings, seconds: float) -> float:
+def _motif_rtf(settings: Settings, seconds: float) -> tuple[float, str]:
+    """RTF of one job on a fresh Engine with these settings, and the path its decoder took."""
     from motif.engine.pipeline import Engine
 
     generator = Engine(settings).generator
     motif_generate(generator, 0.5)
-    return motif_generate(generator, seconds) / seconds
+    return motif_generate(generator, seconds) / seconds, decoder_path(generator.decoder)
 
 
 def _fidelity_stage(
@@ -249,13 +289,21 @@ def _fidelity_stage(
 def format_table(result: dict[str, Any]) -> str:
     """The human-readable summary printed before the JSON line."""
     secs = result["seconds"]
+    features = result.get("cpu_features", {})
     rows = [
         ("machine", result["machine"], ""),
+        ("CPU features", " ".join(n for n, ok in features.items() if ok) or "none known",
+         "lacks " + (" ".join(n for n, ok in features.items() if not ok) or "nothing")),
+        *[(f"    path at {p}", path, "") for p, path in result.get("paths", {}).items()],
         ("(a) baseline: transformers generate fp32, CFG 3, batch 1", f"RTF {result['baseline_rtf']:.2f}",
          f"{secs:g} s"),
         (f"(b) Motif defaults ({result['precision']})", f"RTF {result['motif_rtf']:.2f}",
          f"{result['baseline_rtf'] / result['motif_rtf']:.1f}x faster"),
         *[(f"    Motif at {p}", f"RTF {v:.2f}", "") for p, v in result["rtf_by_precision"].items()],
+        ("    Motif int8 on the AVX2 kernels (laptops)", _rtf(result.get("avx2_rtf")),
+         _ratio(result.get("avx2_rtf"), result["rtf_by_precision"].get("int8"), "x the AVX-512 int8 RTF")),
+        *[(f"peer: {name}", _rtf(result.get(f"peer_{name}_rtf")), note)
+          for name, note in result.get("peer_notes", {}).items()],
         ("(c) 4 jobs batched (Engine.run_batch, 4 s source)", f"{result['batch4_s_per_audio_s']:.2f} s/audio s", ""),
         ("(d) CLAP 60 s track: stock fp32 (one 10 s crop)", f"{result['clap60_stock_s']:.2f} s", ""),
         ("    CLAP 60 s track: Motif (all six windows)", f"{result['clap60_motif_s']:.2f} s", ""),
@@ -282,6 +330,14 @@ def format_table(result: dict[str, Any]) -> str:
     ]  # fmt: skip
     width = max(len(r[0]) for r in rows)
     return "\n".join(f"{name:<{width}}  {value:<22} {note}".rstrip() for name, value, note in rows)
+
+
+def _rtf(value: float | None) -> str:
+    return "n/a" if value is None else f"RTF {value:.2f}"
+
+
+def _ratio(value: float | None, reference: float | None, what: str) -> str:
+    return "" if value is None or not reference else f"{value / reference:.2f}{what}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,7 +28,7 @@ from torch.nn import functional as F
 
 from motif.engine.cpuops import MAX_HEAD_DIM, Bf16Linear, decode_attention
 from motif.engine.fused import FusedLayers
-from motif.engine.kernels import cpu_has_bf16_dot, load_kernel
+from motif.engine.kernels import cpu_has_bf16_dot, has_bf16_linear, load_kernel
 from motif.engine.layers import (
     Dense,
     Layer,
@@ -101,7 +101,7 @@ class StaticCacheDecoder:
         self._cross_ok = torch.zeros(0, 0, dtype=torch.bool, device=self.device)
         if int8:
             self.quantize_int8()
-        elif self._kernel is not None and self.dtype == torch.bfloat16 and cpu_has_bf16_dot():
+        elif has_bf16_linear(self._kernel) and self.dtype == torch.bfloat16 and cpu_has_bf16_dot():
             self._swap_projections(self._bf16, heads=True)
 
     def _default_cache_dtype(self, precision_dtype: torch.dtype) -> torch.dtype:
@@ -384,12 +384,13 @@ class StaticCacheDecoder:
         if self.device.type != "cpu":
             raise ValueError("the int8 kernels are CPU kernels")
         if self._kernel is None:  # the torch fallback is exact but far slower than float32: not worth it
-            log.warning("GENERATION_PRECISION=int8 needs the AVX512-VNNI kernel and gcc; staying in %s", self.precision)
+            log.warning("GENERATION_PRECISION=int8 needs the AVX-512 or AVX2 kernel and gcc; staying in %s",
+                        self.precision)
             return
         self._swap_projections(to_int8, heads=False)
         if heads:
             self._swap_heads(to_int8)
-        elif self._kernel is not None and cpu_has_bf16_dot():
+        elif has_bf16_linear(self._kernel) and cpu_has_bf16_dot():
             self._swap_heads(self._bf16)
         self._residual_in_float32()
         if self._auto_cache:

@@ -1,11 +1,12 @@
 """MusicGen token generation: conditioning, the delay pattern, long-form windows and a batched decode loop.
 
-Each request ("task") owns a pair of decoder slots (conditional, unconditional) and its own seeded
-torch.Generator, so what it samples never depends on what else shares the batch. Tasks join the running
-batch between any two decode steps and leave as soon as they finish, fail or are cancelled. Long outputs
-are made in windows of `window_frames`, each prompted with the exact last `overlap_frames` tokens of the
-one before (AudioCraft's extend_stride idea, but on tokens, so there is no re-encoding seam); the whole
-token sequence is decoded by EnCodec at the end, on a finisher thread so the batch's other jobs keep stepping.
+Each request ("task") owns a pair of decoder slots (conditional, unconditional; only the conditional one
+when `cfg_coef` is 1, where the unconditional logits would go unused) and its own seeded torch.Generator,
+so what it samples never depends on what else shares the batch. Tasks join the running batch between any
+two decode steps and leave as soon as they finish, fail or are cancelled. Long outputs are made in windows
+of `window_frames`, each prompted with the exact last `overlap_frames` tokens of the one before
+(AudioCraft's extend_stride idea, but on tokens, so there is no re-encoding seam); the whole token sequence
+is decoded by EnCodec at the end, on a finisher thread so the batch's other jobs keep stepping.
 Mono (4 codebooks) and stereo (8, interleaved left/right) models share this loop; see motif.engine.patterns.
 Every tensor lives on the loaded model's device, sampling generators included.
 """
@@ -74,6 +75,8 @@ class _Active:
     last_progress: int = -1
     text_states: torch.Tensor | None = None  # (keys, hidden) conditional text memory
     tap: AudioTap | None = None  # renders the audio so far for a listener
+    slot: int = 0  # its first decoder slot: conditional row, then the unconditional one if n_rows is 2
+    n_rows: int = 2  # 1 when cfg_coef is 1: no unconditional row
     extra: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
@@ -85,7 +88,7 @@ class MusicGenerator:
 
     def __init__(
         self, loaded: LoadedGenerator, window_frames: int = 1500, overlap_frames: int = 500, max_batch: int = 4,
-        int8: bool = False,
+        int8: bool = False, before_step: Callable[[], None] | None = None,
     ) -> None:  # fmt: skip
         if not 0 < overlap_frames < window_frames:
             raise ValueError(
@@ -93,6 +96,7 @@ class MusicGenerator:
                 f"({window_frames} frames): set EXTEND_OVERLAP_SECONDS below WINDOW_SECONDS"
             )
         self.loaded = loaded
+        self.before_step = before_step  # e.g. the thread budget's, which may change between steps
         self.model = loaded.model
         self.device = loaded.device
         self.n_codebooks = self.model.decoder.config.num_codebooks
@@ -142,7 +146,7 @@ class MusicGenerator:
             while waiting and len(active) < self.max_batch:
                 task = waiting.pop(0)
                 try:
-                    state = self._start(task, slot=2 * len(active))
+                    state = self._start(task, slot=sum(a.n_rows for a in active))
                 except Exception as error:  # one bad task must not sink the batch
                     _finish(task, error)
                     continue
@@ -155,14 +159,17 @@ class MusicGenerator:
                 on_step(n_tasks, time.perf_counter() - started)
 
     def _step(self, active: list[_Active]) -> list[Future[None]]:
-        tokens = torch.stack([a.window.seq[:, a.window.pos] for a in active for _ in range(2)])  # type: ignore[union-attr]
+        if self.before_step is not None:
+            self.before_step()
+        tokens = torch.stack([a.window.seq[:, a.window.pos] for a in active for _ in range(a.n_rows)])  # type: ignore[union-attr]
         logits = self.decoder.step(tokens)
         finished, futures = [], []
         for i, state in enumerate(active):
             try:
                 if state.task.should_cancel is not None and state.task.should_cancel():
                     raise GenerationCancelled(f"generation {state.task.key} was cancelled")
-                if self._advance(state, logits[2 * i], logits[2 * i + 1], slot=2 * i):
+                uncond = logits[state.slot + 1] if state.n_rows == 2 else None
+                if self._advance(state, logits[state.slot], uncond):
                     futures.append(self._finisher.submit(self._render_and_finish, state))
                     finished.append(i)
                 elif state.tap is not None:
@@ -170,13 +177,20 @@ class MusicGenerator:
             except Exception as error:
                 _finish(state.task, error)
                 finished.append(i)
-        for i in sorted(finished, reverse=True):  # compact: the last pair moves into the freed pair
-            last = len(active) - 1
-            self.decoder.move_slot(2 * last, 2 * i)
-            self.decoder.move_slot(2 * last + 1, 2 * i + 1)
-            active[i] = active[last]
-            active.pop()
+        if finished:
+            active[:] = [state for i, state in enumerate(active) if i not in finished]
+            self._compact(active)
         return futures
+
+    def _compact(self, active: list[_Active]) -> None:
+        """Shift the remaining tasks' rows down over the freed slots (in order: a source is never overwritten
+        before it moves), so the active rows stay 0..n-1."""
+        slot = 0
+        for state in active:
+            for row in range(state.n_rows):
+                self.decoder.move_slot(state.slot + row, slot + row)
+            state.slot = slot
+            slot += state.n_rows
 
     def _render_and_finish(self, state: _Active) -> None:
         try:
@@ -196,18 +210,19 @@ class MusicGenerator:
         for audio in (task.prompt_audio, task.melody_audio):
             if audio is not None and not np.isfinite(audio).all():
                 raise ValueError("conditioning audio contains NaN or Inf samples")
-        self.decoder.reserve(slot + 2)
+        n_rows = 1 if task.params.cfg_coef == 1.0 else 2
+        self.decoder.reserve(slot + n_rows)
         generator = torch.Generator(device=self.device).manual_seed(task.seed)
         frames = torch.zeros(self.n_codebooks, 0, dtype=torch.long, device=self.device)
         if task.prompt_audio is not None and task.prompt_audio.size:
             frames = self._encode_audio(task.prompt_audio)
-        state = _Active(task, generator, frames, n_source_frames=frames.shape[1])
+        state = _Active(task, generator, frames, n_source_frames=frames.shape[1], slot=slot, n_rows=n_rows)
         state.text_states = self._encode_text(task.text)
         if task.on_audio is not None:
             render_start = frames.shape[1] - min(DECODE_CONTEXT_FRAMES, frames.shape[1])
             state.tap = AudioTap(task.on_audio, task.wants_audio, frames.shape[1], render_start)
         state.steps_total = sum(n + max(self.delays) for n in self._window_sizes(task.n_frames, frames.shape[1]))
-        self._open_window(state, slot)
+        self._open_window(state)
         return state
 
     def _window_sizes(self, n_new: int, n_prompt: int) -> list[int]:
@@ -220,8 +235,8 @@ class MusicGenerator:
             prompt = min(self.overlap_frames, n_prompt + sum(sizes))
         return sizes
 
-    def _open_window(self, state: _Active, slot: int) -> None:
-        """Prefill both slots with the window's conditioning and prompt, then sample its first position."""
+    def _open_window(self, state: _Active) -> None:
+        """Prefill the task's slots with the window's conditioning and prompt, then sample its first position."""
         n_generated = state.frames.shape[1] - state.n_source_frames
         limit = self.overlap_frames if n_generated else self.window_frames - 1
         prompt = state.frames[:, max(0, state.frames.shape[1] - limit) :]
@@ -229,12 +244,12 @@ class MusicGenerator:
         state.window = window = delay_pattern(prompt, prompt.shape[1] + n_new, self.delays)
         inputs = window.seq[:, : window.n_prompt + 1]
         cond, uncond = self._conditioning(state, max(0, n_generated - prompt.shape[1]))
-        logits_c = self.decoder.prefill(slot, inputs, *cond)
-        logits_u = self.decoder.prefill(slot + 1, inputs, *uncond)
+        logits_c = self.decoder.prefill(state.slot, inputs, *cond)
+        logits_u = self.decoder.prefill(state.slot + 1, inputs, *uncond) if state.n_rows == 2 else None
         window.pos = window.n_prompt
-        self._advance(state, logits_c, logits_u, slot)
+        self._advance(state, logits_c, logits_u)
 
-    def _advance(self, state: _Active, logits_c: torch.Tensor, logits_u: torch.Tensor, slot: int) -> bool:
+    def _advance(self, state: _Active, logits_c: torch.Tensor, logits_u: torch.Tensor | None) -> bool:
         """Sample the next position from the logits; returns True when the whole task is done."""
         window = state.window
         assert window is not None
@@ -250,7 +265,7 @@ class MusicGenerator:
         state.frames = torch.cat([state.frames, new], dim=1)
         if state.frames.shape[1] - state.n_source_frames >= state.task.n_frames:
             return True
-        self._open_window(state, slot)
+        self._open_window(state)
         return False
 
     # ---------------------------------------------------------------- conditioning and codec

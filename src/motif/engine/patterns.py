@@ -59,13 +59,19 @@ def undelay(seq: torch.Tensor, n_frames: int, delays: list[int] | None = None) -
 
 
 def sample_next(
-    logits_c: torch.Tensor, logits_u: torch.Tensor, params: GenerationParams, generator: torch.Generator
+    logits_c: torch.Tensor, logits_u: torch.Tensor | None, params: GenerationParams, generator: torch.Generator
 ) -> torch.Tensor:
     """CFG, temperature, top-k, top-p, then one draw per codebook. (K, V) float32 each -> (K,) long.
 
     `generator` must live on the logits' device (torch.multinomial refuses a CPU generator for CUDA tensors).
+    logits_u may be None only when cfg_coef is 1 (no guidance: the unconditional row is never computed).
     """
-    logits = logits_c if params.cfg_coef == 1.0 else logits_u + (logits_c - logits_u) * params.cfg_coef
+    if params.cfg_coef == 1.0:
+        logits = logits_c
+    elif logits_u is None:
+        raise ValueError("classifier-free guidance needs the unconditional logits")
+    else:
+        logits = logits_u + (logits_c - logits_u) * params.cfg_coef
     logits = logits / max(params.temperature, 1e-5)
     if params.top_k > 0:
         kth = torch.topk(logits, min(params.top_k, logits.shape[-1]), dim=-1).values[:, -1:]

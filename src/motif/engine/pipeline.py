@@ -15,12 +15,13 @@ import numpy as np
 import torch
 
 from motif.config import Settings
-from motif.engine import models
+from motif.engine import kernels, models
 from motif.engine.codec import as_channels, cast_codec_decoder
 from motif.engine.controls import LoopPlan, hint_text, join_text, make_loop, plan_loop, select_section
 from motif.engine.embedder import WINDOWING_VERSION, Embedder
 from motif.engine.generator import DecodeTask, MusicGenerator
 from motif.engine.slots import ModelSlot
+from motif.engine.threads import CoreBudget, available_cores
 from motif.engine.types import (
     CLAP_SAMPLE_RATE,
     FRAMES_PER_SECOND,
@@ -66,6 +67,9 @@ class Engine:
         self._embedder_slot = ModelSlot("embedding", self._load_embedder, clock)
         if settings.num_threads:
             torch.set_num_threads(settings.num_threads)
+        kernels.select_cpu_path(settings.cpu_path)
+        self.cores = CoreBudget(settings.num_threads or available_cores(), settings.embedding_threads,
+                                settings.generation_threads)  # fmt: skip
 
     # ---------------------------------------------------------------- models
 
@@ -113,6 +117,7 @@ class Engine:
                 overlap_frames=int(s.extend_overlap_seconds * FRAMES_PER_SECOND),
                 max_batch=s.max_batch_size,
                 int8=precision == "int8",
+                before_step=self.cores.apply_generation_threads,
             )
         _check_batch_memory(generator, s, device)
         return generator
@@ -159,11 +164,13 @@ class Engine:
         """
         from motif.audio import resample
 
-        return self.embedder.embed_audio(resample(as_channels(samples, 1)[:, 0], sample_rate, CLAP_SAMPLE_RATE))
+        with self.cores.embedding_work():
+            return self.embedder.embed_audio(resample(as_channels(samples, 1)[:, 0], sample_rate, CLAP_SAMPLE_RATE))
 
     def embed_text(self, texts: list[str]) -> np.ndarray:
         """-> (n, 512) float32 rows of norm 1, in the same space as embed_audio."""
-        return self.embedder.embed_text(texts)
+        with self.cores.embedding_work():
+            return self.embedder.embed_text(texts)
 
     # ---------------------------------------------------------------- generation
 

@@ -1,0 +1,88 @@
+"""Runtimes a user might pick instead of Motif, on the same random-weight model and request.
+
+Each peer returns (RTF, note): RTF None where it cannot run here, with the reason as the note. What is
+measured is transformers' `generate` (fp32 activations, CFG 3, batch 1) with the peer's int8 weights, as a
+user following that runtime's documentation would write it.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+from motif.engine.types import FRAMES_PER_SECOND
+
+PROMPT = "upbeat rock with piano and drums"
+
+
+def load_stock(path: str) -> tuple[Any, dict[str, torch.Tensor]]:
+    """transformers' MusicGen in fp32 and the tokenised prompt."""
+    from transformers import AutoTokenizer, MusicgenForConditionalGeneration
+
+    model = MusicgenForConditionalGeneration.from_pretrained(path, dtype=torch.float32).eval()
+    inputs = AutoTokenizer.from_pretrained(path)([PROMPT], padding=True, return_tensors="pt")
+    return model, dict(inputs)
+
+
+def generate_seconds(model: Any, inputs: dict[str, torch.Tensor], seconds: float) -> float:
+    """Wall seconds of `generate` for `seconds` of audio (after an 8-token warm-up, which also compiles)."""
+    n_tokens = round(seconds * FRAMES_PER_SECOND) + model.decoder.config.num_codebooks - 1
+    with torch.inference_mode():
+        model.generate(**inputs, do_sample=True, guidance_scale=3.0, max_new_tokens=8)
+        start = time.perf_counter()
+        model.generate(**inputs, do_sample=True, guidance_scale=3.0, max_new_tokens=n_tokens)
+        return time.perf_counter() - start
+
+
+def peer_torchao(path: str, seconds: float, compile_decoder: bool = True) -> tuple[float | None, str]:
+    """transformers + torchao int8 weight-only on the decoder's linears (+ torch.compile of the decoder)."""
+    try:
+        from torchao.quantization import Int8WeightOnlyConfig, quantize_
+    except ImportError as error:
+        return None, f"torchao not importable here ({error})"
+    model, inputs = load_stock(path)
+    quantize_(model.decoder, Int8WeightOnlyConfig())
+    note = "int8 weight-only (torchao)"
+    if compile_decoder:
+        try:
+            model.decoder.forward = torch.compile(model.decoder.forward, dynamic=True)
+            note += " + torch.compile(dynamic)"
+        except Exception as error:  # noqa: BLE001 - a peer that cannot compile runs eager, and says so
+            note += f"; torch.compile failed ({type(error).__name__}), eager"
+    try:
+        return generate_seconds(model, inputs, seconds) / seconds, note
+    except Exception as error:  # noqa: BLE001 - a peer's failure is a row in the table, not the bench's end
+        return None, f"{note}: failed ({type(error).__name__}: {str(error)[:120]})"
+
+
+def peer_openvino(path: str, seconds: float) -> tuple[float | None, str]:
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        return None, "not run: openvino / optimum-intel not installed (heavy; issue 13 §1 left open)"
+    return None, "not run: MusicGen export to OpenVINO not wired up yet (issue 13 §1 left open)"
+
+
+def peer_onnxruntime(path: str, seconds: float) -> tuple[float | None, str]:
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return None, "not run: onnxruntime not installed (MusicGPT's path; issue 13 §1 left open)"
+    return None, "not run: MusicGen decoder export to ONNX not wired up yet (issue 13 §1 left open)"
+
+
+def run_peers(path: str, seconds: float, quick: bool) -> dict[str, Any]:
+    """Every peer: {peer_<name>_rtf: float | None} plus {peer_notes: {name: note}}."""
+    out: dict[str, Any] = {"peer_notes": {}}
+    peers = {
+        "torchao": lambda: peer_torchao(path, seconds, compile_decoder=not quick),
+        "openvino": lambda: peer_openvino(path, seconds),
+        "onnxruntime": lambda: peer_onnxruntime(path, seconds),
+    }
+    for name, run in peers.items():
+        rtf, note = run()
+        out[f"peer_{name}_rtf"] = rtf
+        out["peer_notes"][name] = note
+    return out

@@ -1,0 +1,66 @@
+"""Thread budgets: how the embedding and the generation workers share the CPU cores.
+
+Each worker is one Python thread, and torch's intra-op thread count (OpenMP, which the int8 kernels use
+too) is set per calling thread. Left alone, both start a full team on the same cores; a decode step has
+hundreds of barriers, so a generation thread descheduled by an embedding stalls the whole team, and the
+upload waits behind it. Here an embedding takes EMBEDDING_THREADS, and while one runs the decode loop
+steps with what is left of GENERATION_THREADS on the cores (at least one); alone, it has them all.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its affinity mask, e.g. a container's cpuset), not the machine's."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+class CoreBudget:
+    """Threads for embeddings and decode steps on `n_cores`. Thread-safe.
+
+    embedding / generation: 0 picks the default: embeddings get half the cores (at least one), generation
+    all of them, less the embedding threads while an embedding runs.
+    """
+
+    def __init__(self, n_cores: int, embedding: int = 0, generation: int = 0) -> None:
+        self.n_cores = max(1, n_cores)
+        self.embedding = embedding or max(1, self.n_cores // 2)
+        self.generation = generation or self.n_cores
+        self._lock = threading.Lock()
+        self._embedding_active = 0
+
+    @contextmanager
+    def embedding_work(self) -> Iterator[None]:
+        """Around an embedding: the calling thread uses `embedding` threads, and decode steps make room."""
+        with self._lock:
+            self._embedding_active += 1
+        torch.set_num_threads(self.embedding)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._embedding_active -= 1
+
+    def generation_threads(self) -> int:
+        """Threads for the next decode step: all of GENERATION_THREADS, unless an embedding needs cores."""
+        with self._lock:
+            busy = self._embedding_active > 0
+        if busy and self.generation + self.embedding > self.n_cores:
+            return max(1, min(self.generation, self.n_cores - self.embedding))
+        return self.generation
+
+    def apply_generation_threads(self) -> None:
+        """Set the calling (decode loop) thread's torch threads for its next step, if they changed."""
+        wanted = self.generation_threads()
+        if torch.get_num_threads() != wanted:
+            torch.set_num_threads(wanted)
