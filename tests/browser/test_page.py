@@ -99,6 +99,9 @@ def test_the_keyboard_alone_uploads_generates_and_cancels(page: Any, song_file: 
                 page.keyboard.press("Space")
             chooser.value.set_files(str(song_file))
             page.wait_for_function("document.getElementById('upload-status').textContent.startsWith('Uploaded')")
+        if focused == "duration":  # the longest job, typed: it must still run when Cancel is pressed
+            page.keyboard.press("Control+A")
+            page.keyboard.type("120")
         if focused == "generate-button" and "file" in reached:
             page.keyboard.press("Enter")
             page.wait_for_selector("#cancel-button", state="visible")
