@@ -90,6 +90,7 @@ def test_upload_generate_listen_download_cancel_search(page: Any, song_file: Pat
 
 def test_the_keyboard_alone_uploads_generates_and_cancels(page: Any, song_file: Path) -> None:
     reached: list[str] = []
+    page.bring_to_front()  # key presses open the file chooser only in the focused page
     for _ in range(80):
         page.keyboard.press("Tab")
         focused = page.evaluate("document.activeElement.id || document.activeElement.tagName")
