@@ -3,24 +3,17 @@ PCM bytes arrive, against a real server (a subprocess) with the bench's models l
 
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
-import sys
 import time
 from typing import Any
 
 import httpx
 import numpy as np
 
+from motif.bench.machine import start_server, stop_server
+
 WAV_HEADER_BYTES = 44
 READY_TIMEOUT = 600.0  # seconds: loading musicgen-small-shaped weights on a busy 2-core box
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _wait_ready(client: httpx.Client, process: subprocess.Popen[bytes]) -> None:
@@ -59,12 +52,7 @@ def time_to_first_audio(settings_env: dict[str, str], seconds: float, source: np
     """Serve with settings_env, upload `source` (mono float32 at 32 kHz), warm up, then time one stream."""
     from motif.audio import encode_audio
 
-    port = _free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "motif.service.api.app:create_app", "--factory", "--host", "127.0.0.1",
-         "--port", str(port), "--log-level", "warning"],
-        env={**os.environ, **settings_env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    process, port = start_server(settings_env)
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as client:
             _wait_ready(client, process)
@@ -75,8 +63,4 @@ def time_to_first_audio(settings_env: dict[str, str], seconds: float, source: np
             _stream_once(client, audio_id, 5.0)  # warm-up: kernels, caches, the first prompt encoding
             return _stream_once(client, audio_id, seconds)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop_server(process, timeout=30)

@@ -83,18 +83,8 @@ def cpu_name() -> str:
 
 def server_cold_start(settings_env: dict[str, str], timeout: float = 60.0) -> float | None:
     """Seconds from `uvicorn` launch to the first answer of GET /api/health (None if it never answers)."""
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    env = {**os.environ, **settings_env}
     start = time.perf_counter()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "motif.service.api.app:create_app", "--factory", "--host", "127.0.0.1",
-         "--port", str(port), "--log-level", "warning"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    process, port = start_server(settings_env)
     try:
         while time.perf_counter() - start < timeout:
             if process.poll() is not None:
@@ -107,11 +97,31 @@ def server_cold_start(settings_env: dict[str, str], timeout: float = 60.0) -> fl
                 time.sleep(0.05)
         return None
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop_server(process, timeout=10)
+
+
+def start_server(settings_env: dict[str, str]) -> tuple[subprocess.Popen[bytes], int]:
+    """A Motif API under uvicorn on a free loopback port, with `settings_env` over this environment."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = int(probe.getsockname()[1])
+    process = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "motif.service.api.app:create_app", "--factory", "--host", "127.0.0.1",
+         "--port", str(port), "--log-level", "warning"],
+        env={**os.environ, **settings_env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    return process, port
+
+
+def stop_server(process: subprocess.Popen[bytes], timeout: float) -> None:
+    """SIGTERM, then SIGKILL after `timeout` seconds."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
 
 
 CPU_FEATURES = {  # what the table prints -> /proc/cpuinfo flags that must all be present
