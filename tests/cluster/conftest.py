@@ -37,6 +37,7 @@ class Worker(Server):
 
     def start(self, ready: bool = True) -> Worker:
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child writes to it for its whole life
+        self._log_from = log.tell()  # a restarted worker appends: only this start's lines tell it is ready
         import subprocess
 
         self.proc = subprocess.Popen(self.cmd, cwd=self.workdir, env=self.env, stdout=log, stderr=subprocess.STDOUT)
@@ -46,10 +47,14 @@ class Worker(Server):
         return self
 
     def _ready(self) -> bool:
+        # The log first: a worker that said ready and then died on its first job (the crashing worker does, within
+        # one poll interval) did start; the caller watches what happens next.
+        if " ready." in self.log_path.read_bytes()[self._log_from :].decode(errors="replace"):
+            return True
         assert self.proc is not None
         if self.proc.poll() is not None:
             raise AssertionError(f"worker {self.name} exited with {self.proc.returncode}:\n{self.log()}")
-        return " ready." in self.log(100_000)
+        return False
 
     @property
     def alive(self) -> bool:
