@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import boto3
@@ -64,6 +65,7 @@ class Worker(Server):
 class Cluster:
     def __init__(self, workdir: Path, env: dict[str, str], s3: Service) -> None:
         self.workdir, self.env = workdir, env
+        self.prefix = env["STORAGE_URL"].removeprefix(f"s3://{BUCKET}/")
         self.api = Server(workdir, env)
         self.workers: dict[str, Worker] = {}
         self.s3 = boto3.client("s3", endpoint_url=s3.url, aws_access_key_id=S3_ENV["AWS_ACCESS_KEY_ID"],
@@ -80,13 +82,35 @@ class Cluster:
         return worker
 
     def objects(self, area: str) -> list[str]:
-        listing = self.s3.list_objects_v2(Bucket=BUCKET, Prefix=f"{PREFIX}/{area}/")
+        listing = self.s3.list_objects_v2(Bucket=BUCKET, Prefix=f"{self.prefix}/{area}/")
         return [item["Key"] for item in listing.get("Contents", [])]
 
     def close(self) -> None:
         for worker in self.workers.values():
             worker.close()
         self.api.close()
+
+
+def cluster_env(
+    workdir: Path, database: str, broker_url: str, s3: Service, model_cache: Path, prefix: str = PREFIX
+) -> dict[str, str]:
+    return server_env(workdir / "data", model_cache, BROKER_URL=broker_url, DATABASE_URL=database,
+                      STORAGE_URL=f"s3://{BUCKET}/{prefix}", S3_ENDPOINT_URL=s3.url,
+                      JOB_LEASE_SECONDS=str(LEASE_SECONDS), MAX_JOB_ATTEMPTS=str(MAX_ATTEMPTS), MAX_BATCH_SIZE="4",
+                      EMBEDDING_WAIT_SECONDS="20", PYTHONPATH=f"{ROOT}:{ROOT / 'src'}", **S3_ENV)  # fmt: skip
+
+
+@contextmanager
+def running_cluster(workdir: Path, env: dict[str, str], s3: Service, workers: list[str]) -> Iterator[Cluster]:
+    running = Cluster(workdir, env, s3)
+    try:
+        running.api.start(ready=False)
+        for name in workers:
+            running.start_worker(name)
+        wait_until(lambda: running.client.get("/api/health").json()["ready"], timeout=60, what="the cluster ready")
+        yield running
+    finally:
+        running.close()
 
 
 @pytest.fixture(scope="package")
@@ -96,16 +120,5 @@ def cluster(
     """API + two workers (w1, w2) on Redis + PostgreSQL + S3, tiny models."""
     workdir = tmp_path_factory.mktemp("cluster")
     database = create_database(postgres, f"cluster_{uuid.uuid4().hex[:8]}")
-    env = server_env(workdir / "data", model_cache, BROKER_URL=redis.url, DATABASE_URL=database,
-                     STORAGE_URL=f"s3://{BUCKET}/{PREFIX}", S3_ENDPOINT_URL=s3.url,
-                     JOB_LEASE_SECONDS=str(LEASE_SECONDS), MAX_JOB_ATTEMPTS=str(MAX_ATTEMPTS), MAX_BATCH_SIZE="4",
-                     EMBEDDING_WAIT_SECONDS="20", PYTHONPATH=f"{ROOT}:{ROOT / 'src'}", **S3_ENV)  # fmt: skip
-    running = Cluster(workdir, env, s3)
-    try:
-        running.api.start(ready=False)
-        running.start_worker("w1")
-        running.start_worker("w2")
-        wait_until(lambda: running.client.get("/api/health").json()["ready"], timeout=60, what="the cluster ready")
-        yield running
-    finally:
-        running.close()
+    with running_cluster(workdir, cluster_env(workdir, database, redis.url, s3, model_cache), s3, ["w1", "w2"]) as c:
+        yield c

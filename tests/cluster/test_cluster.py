@@ -1,7 +1,7 @@
 """The seed's client flow and the failure cases, on a real cluster: API + two workers, Redis, PostgreSQL, S3.
 
-The tests run in this order on one cluster: the flow, duplicate delivery, cancel, batching, then the
-ones that kill workers.
+The tests run in this order on one cluster: the flow, text search, duplicate delivery, cancel, batching,
+then the ones that kill or stop workers.
 """
 
 from __future__ import annotations
@@ -76,6 +76,15 @@ def test_the_seed_flow_runs_through_broker_workers_and_s3(cluster: Cluster) -> N
     assert not [key for area in ("uploads", "processed", "generated") for key in cluster.objects(area)
                 if audio_id in key or generation_id in key]  # fmt: skip
     assert "random-weight test model" not in cluster.api.log(1_000_000)  # the API never loaded a model
+
+
+def test_a_text_search_is_answered_by_an_embedding_worker(cluster: Cluster) -> None:
+    audio_id = _uploaded(cluster)
+    response = cluster.client.get("/api/search", params={"q": "calm piano", "k": 50})
+    assert response.status_code == 200, response.text
+    assert audio_id in [match["audio_id"] for match in response.json()["results"]]
+    assert any("motif.embed_text" in worker.log(1_000_000) for worker in cluster.workers.values())
+    assert "random-weight test model" not in cluster.api.log(1_000_000)  # the API never loaded CLAP
 
 
 def _send(cluster: Cluster, job_id: str) -> None:
@@ -187,6 +196,14 @@ def _uploaded_while_no_worker(cluster: Cluster) -> str:
     response = upload(cluster.client, _song(cluster, "later.wav"))
     assert response.status_code == 201, response.text
     return str(response.json()["audio_id"])
+
+
+def test_a_text_search_with_no_embedding_worker_answers_503_with_the_reason(cluster: Cluster) -> None:
+    for worker in cluster.workers.values():
+        worker.stop()
+    response = cluster.client.get("/api/search", params={"q": "fast drums"})
+    assert response.status_code == 503, response.text
+    assert "no embedding worker answered" in response.json()["detail"]
 
 
 def test_cancel_of_a_queued_generation_means_it_never_runs(cluster: Cluster) -> None:

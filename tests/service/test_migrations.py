@@ -17,7 +17,7 @@ from motif.service.store import Base, Database
 from tests.service.conftest import add_audio
 from tests.services import create_database
 
-TABLES = {"api_key", "audio", "embedding", "job"}
+TABLES = {"api_key", "audio", "embedding", "job", "worker"}
 
 
 def test_revision_0003_adds_pgvector_on_postgresql_only(fresh: Database) -> None:

@@ -1,9 +1,13 @@
-"""Celery, when BROKER_URL is set: the app's configuration, its two tasks, and the API side's dispatcher.
+"""Celery, when BROKER_URL is set: the app's configuration, its tasks, and the API side's dispatcher.
 
-A message carries only a job id and only wakes a worker: the worker claims the fairest queued job of
+A job's message carries only a job id and only wakes a worker: the worker claims the fairest queued job of
 that kind from the database (`JobQueue.claim`), which may be another than the one named. So a duplicate
 or stale message does nothing harmful: it claims nothing, or a job that needed a worker anyway. The job
 row stays the truth; leases (`motif.service.leases`) recover jobs whose worker died.
+
+A text search is not a job: nothing is kept and a lost one is simply asked again. The API process runs no
+model, so it sends the text to an embedding worker (`TEXT_TASK`) and waits for the vector through Celery's
+result backend, the one task that has a result.
 """
 
 from __future__ import annotations
@@ -14,19 +18,26 @@ import threading
 import time
 from typing import Any
 
+import numpy as np
 from celery import Celery
+from celery.exceptions import TimeoutError as CeleryTimeoutError
 from kombu import Queue
 
 from motif.config import Settings
 from motif.engine.types import ModelState
+from motif.errors import ModelUnavailableError
+from motif.service import leases
 from motif.service.jobs import JobKind
+from motif.service.store import Database
 
 log = logging.getLogger(__name__)
 
 TASKS = {JobKind.GENERATION: "motif.generate", JobKind.EMBEDDING: "motif.embed"}
 QUEUES = {JobKind.GENERATION: "generation", JobKind.EMBEDDING: "embedding"}
-WORKER_PROBE_SECONDS = 5.0  # /api/health asks the workers which queues they serve at most this often
-WORKER_PROBE_TIMEOUT = 1.0  # seconds to wait for the workers' replies
+TEXT_TASK = "motif.embed_text"  # a text query's CLAP vector, served by the embedding queue's workers
+RESULT_SECONDS = 300  # a text query's answer is read once, then forgotten; this bounds one nobody read
+WORKER_PROBE_SECONDS = 2.0  # /api/health reads which queues have live workers at most this often
+WORKER_SEEN_SECONDS = 15.0  # a worker not seen this long is gone (each writes its presence every few seconds)
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -44,11 +55,16 @@ def make_celery(settings: Settings) -> Celery:
         transport.update(queue_name_prefix="motif-", wait_time_seconds=10, polling_interval=1)
     app.conf.update(
         task_queues=[Queue(name) for name in QUEUES.values()],
-        task_routes={TASKS[kind]: {"queue": QUEUES[kind]} for kind in JobKind},
+        task_routes={**{TASKS[kind]: {"queue": QUEUES[kind]} for kind in JobKind},
+                     TEXT_TASK: {"queue": QUEUES[JobKind.EMBEDDING]}},
         task_serializer="json",
         accept_content=["json"],
-        # The job row is the result: no result backend, nothing to expire or clean.
+        result_serializer="json",
+        # A job's row is its result: jobs store nothing in the result backend. Only TEXT_TASK does, and its
+        # caller deletes the answer once read (`forget`); RESULT_SECONDS bounds one whose caller gave up.
         task_ignore_result=True,
+        result_backend=result_backend_url(settings),
+        result_expires=RESULT_SECONDS,
         # acks_late: a message is acked when its task returns, so a worker that dies between receiving it and
         # claiming the job leaves the message to be delivered again (the lease covers a death after the claim).
         task_acks_late=True,
@@ -68,14 +84,23 @@ def make_celery(settings: Settings) -> Celery:
     return app
 
 
+def result_backend_url(settings: Settings) -> str:
+    """Where TEXT_TASK's answer comes back: the broker's Redis, or for SQS (which has no result store) the
+    metadata database through Celery's SQLAlchemy backend (it keeps its own celery_taskmeta table there)."""
+    assert settings.broker_url
+    if settings.broker_url.startswith(("redis://", "rediss://")):
+        return settings.broker_url
+    return f"db+{settings.resolved_database_url}"
+
+
 class CeleryDispatcher:
     """The API side's seam with the workers when BROKER_URL is set (`Workers` is the embedded one).
 
     Publishes a wake-up per new job; cancellation is the database flag `JobQueue.request_cancel` sets.
     """
 
-    def __init__(self, settings: Settings, app: Celery | None = None) -> None:
-        self.settings = settings
+    def __init__(self, settings: Settings, db: Database, app: Celery | None = None) -> None:
+        self.settings, self.db = settings, db
         self.app = app or make_celery(settings)
         self._probe_lock = threading.Lock()
         self._probed_at = -WORKER_PROBE_SECONDS
@@ -113,20 +138,42 @@ class CeleryDispatcher:
     def cancel(self, job_id: str) -> None:
         """The flag is in the job row already; the worker's heartbeat reads it within a second."""
 
+    def embed_text(self, text: str) -> np.ndarray:
+        """A text query's CLAP vector from an embedding worker, within EMBEDDING_WAIT_SECONDS.
+
+        The message expires with the wait, so a worker that starts later does not compute an answer nobody
+        reads. Raises ModelUnavailableError: no worker answered in time, or the worker failed.
+        """
+        wait = self.settings.embedding_wait_seconds
+        try:
+            result = self.app.send_task(TEXT_TASK, args=[text], queue=QUEUES[JobKind.EMBEDDING], expires=wait,
+                                        ignore_result=False)  # fmt: skip
+        except Exception as error:  # the broker is unreachable
+            raise ModelUnavailableError(f"could not reach the broker to embed the text: {error}") from error
+        try:
+            vector = result.get(timeout=wait)
+        except CeleryTimeoutError as error:
+            raise ModelUnavailableError(
+                f"no embedding worker answered within {wait:g} s (is a `motif worker` serving the "
+                f"{QUEUES[JobKind.EMBEDDING]} queue running?)"
+            ) from error
+        except Exception as error:  # raised by the worker's task, or the result backend is unreachable
+            raise ModelUnavailableError(f"the embedding worker could not embed the text: {error}") from error
+        finally:
+            result.forget()
+        return np.asarray(vector, dtype=np.float32)
+
     def served(self) -> dict[str, int]:
-        """{queue: number of workers consuming it}, asked of the workers at most every WORKER_PROBE_SECONDS."""
+        """{queue: number of live workers consuming it}, from the workers' presence rows (any broker: SQS
+        cannot broadcast Celery's inspect), read at most every WORKER_PROBE_SECONDS."""
         with self._probe_lock:
             if time.monotonic() - self._probed_at >= WORKER_PROBE_SECONDS:
                 try:
-                    replies = self.app.control.inspect(timeout=WORKER_PROBE_TIMEOUT).active_queues() or {}
-                except Exception:  # broker unreachable: no worker can be reached either
-                    log.warning("could not reach the broker to ask the workers", exc_info=True)
-                    replies = {}
-                served: dict[str, int] = {}
-                for queues in replies.values():
-                    for queue in queues:
-                        served[queue["name"]] = served.get(queue["name"], 0) + 1
-                self._served, self._probed_at = served, time.monotonic()
+                    self._served = leases.serving(self.db, WORKER_SEEN_SECONDS)
+                except Exception:  # the database is unreachable: say so in the log, report no worker
+                    log.warning("could not read the workers' presence", exc_info=True)
+                    self._served = {}
+                self._probed_at = time.monotonic()
             return dict(self._served)
 
     def alive(self) -> dict[str, bool]:

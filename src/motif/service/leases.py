@@ -1,4 +1,5 @@
-"""Job leases for distributed workers: a heartbeat that renews them in bulk, and a sweeper for expired ones.
+"""Job leases for distributed workers: a heartbeat that renews them in bulk, and a sweeper for expired ones;
+and the workers' presence (which queues have a live consumer), written with the same heartbeat.
 
 A claimed job's `updated_at` is its lease: the worker running it touches it about once a second (one
 UPDATE for all its jobs) and reads their cancel flags in the same round trip. A job whose lease is older
@@ -13,10 +14,10 @@ import logging
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 
 from motif.service.jobs import ErrorCode, JobKind, JobStatus
-from motif.service.store import Database, JobRow, utcnow
+from motif.service.store import Database, JobRow, WorkerRow, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -86,3 +87,34 @@ def unclaimed(db: Database, kind: JobKind, older_than: float, limit: int) -> lis
         query = (select(JobRow.id).where(JobRow.kind == kind.value, JobRow.status == JobStatus.QUEUED.value,
                                          JobRow.updated_at < cutoff).order_by(JobRow.seq).limit(limit))  # fmt: skip
         return list(session.scalars(query))
+
+
+def announce(db: Database, name: str, queues: list[str]) -> None:
+    """Say that worker `name` is alive and consumes `queues` (each worker writes only its own row)."""
+    with db.transaction() as session:
+        row = session.get(WorkerRow, name)
+        if row is None:
+            session.add(WorkerRow(name=name, queues=",".join(queues)))
+        else:
+            row.queues, row.seen_at = ",".join(queues), utcnow()
+
+
+def retire(db: Database, name: str) -> None:
+    """A worker that stops says so; one that is killed just stops being seen."""
+    with db.transaction() as session:
+        session.execute(delete(WorkerRow).where(WorkerRow.name == name))
+
+
+def serving(db: Database, seen_within: float) -> dict[str, int]:
+    """{queue: workers consuming it}, counting those seen in the last `seen_within` seconds; forgets workers
+    unseen for ten times that (killed ones leave their rows behind)."""
+    now = utcnow()
+    with db.transaction() as session:
+        session.execute(delete(WorkerRow).where(WorkerRow.seen_at < now - timedelta(seconds=10 * seen_within)))
+        recent = WorkerRow.seen_at >= now - timedelta(seconds=seen_within)
+        rows = session.scalars(select(WorkerRow.queues).where(recent))
+        counts: dict[str, int] = {}
+        for queues in rows:
+            for queue in queues.split(","):
+                counts[queue] = counts.get(queue, 0) + 1
+    return counts

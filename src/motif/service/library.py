@@ -167,5 +167,5 @@ def nearest(
 
 def search_text(services: Services, scope: Scope, text: str, k: int) -> list[Match]:
     """Uploads nearest to a text query in CLAP's joint space. Raises ModelUnavailableError."""
-    query = services.engine.embed_text([text])[0]
+    query = services.workers.embed_text(text)  # in this process, or by a `motif worker` with a broker
     return nearest(services, scope, query, k)

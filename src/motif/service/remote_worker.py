@@ -17,11 +17,12 @@ import threading
 from typing import Any
 
 from celery import Celery, signals
+from celery.utils.nodenames import host_format
 
 from motif.config import Settings
 from motif.service import leases
 from motif.service.blobs import open_blob_store
-from motif.service.celery_app import QUEUES, TASKS, CeleryDispatcher, make_celery
+from motif.service.celery_app import QUEUES, TASKS, TEXT_TASK, CeleryDispatcher, make_celery
 from motif.service.engine_host import EngineHost
 from motif.service.jobs import JobKind, JobQueue
 from motif.service.store import Database, JobRow
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 
 HEARTBEAT_INTERVAL = 1.0  # seconds between two lease renewals (and cancel-flag reads) of this process's jobs
 REPUBLISH_LIMIT = 64  # wake-ups published per sweep for jobs whose message seems lost
+PRESENCE_BEATS = 5  # heartbeats between two presence writes (API processes count workers seen in 15 s)
 
 
 class FedGenerationWorker(GenerationWorker):
@@ -93,13 +95,15 @@ class FedGenerationWorker(GenerationWorker):
 class WorkerProcess:
     """What one `motif worker` process holds: database, storage, the Engine, the decode loop, the heartbeat."""
 
-    def __init__(self, settings: Settings, kinds: list[JobKind]) -> None:
+    def __init__(self, settings: Settings, kinds: list[JobKind], hostname: str | None = None) -> None:
         self.settings, self.kinds = settings, kinds
+        self.name = f"{host_format(hostname or 'celery@%h')}/{os.getpid()}"
         self.db = Database(settings.resolved_database_url)
         self.db.check_schema()  # a worker never migrates: `motif db upgrade` is a deployment step
         self.blobs = open_blob_store(settings.storage_url, settings.data_dir, settings.s3_endpoint_url)
         self.queue = JobQueue(self.db, settings.max_job_attempts)
-        self.dispatcher = CeleryDispatcher(settings)
+        self.dispatcher = CeleryDispatcher(settings, self.db)
+        self.consuming = threading.Event()  # Celery said ready: API processes may count this worker
         self.ctx = WorkerContext(settings, EngineHost(settings), self.db, self.blobs, self.queue, JobEvents())
         self.generation = FedGenerationWorker(self.ctx, self.dispatcher)
         self.embedding = EmbeddingWorker(self.ctx)
@@ -121,6 +125,12 @@ class WorkerProcess:
         """Warm shutdown: running generations stop at their next step and go back to the queue (re-published)."""
         self.ctx.stopping.set()
         self.generation.wakeup.set()
+        if self.consuming.is_set():
+            self.consuming.clear()
+            try:
+                leases.retire(self.db, self.name)
+            except Exception:  # API processes stop counting it WORKER_SEEN_SECONDS later anyway
+                log.exception("could not remove this worker's presence row")
 
     def run_generation(self, job_id: str | None) -> str:
         rows = self.queue.claim(JobKind.GENERATION, 1)
@@ -144,15 +154,25 @@ class WorkerProcess:
                 self.embedding_jobs.discard(rows[0].id)
             return rows[0].id
 
+    def embed_text(self, text: str) -> list[float]:
+        """TEXT_TASK: a text query's CLAP vector, for an API process (which runs no model)."""
+        return [float(x) for x in self.ctx.host.engine.embed_text([text])[0]]
+
     def _beat(self) -> None:
         sweep_every = max(1, int(self.settings.job_lease_seconds / 3))  # beats between two sweeps
-        n = 0
+        n, announced = 0, False
         while not self.ctx.stopping.wait(HEARTBEAT_INTERVAL):
             try:
                 beat = leases.heartbeat(self.db, set(self.generation.held) | set(self.embedding_jobs))
                 self.generation.cancelled |= beat.cancelled & self.generation.held
             except Exception:  # a database hiccup: the leases last JOB_LEASE_SECONDS; try again next beat
                 log.exception("lease heartbeat failed")
+            if self.consuming.is_set() and (n % PRESENCE_BEATS == 0 or not announced):
+                try:
+                    leases.announce(self.db, self.name, [QUEUES[kind] for kind in self.kinds])
+                    announced = True
+                except Exception:  # counted as gone after WORKER_SEEN_SECONDS unless the next write works
+                    log.exception("could not write this worker's presence")
             if n % sweep_every == 0:
                 try:
                     self._sweep()
@@ -182,18 +202,20 @@ def _queue_is_empty(app: Celery, name: str) -> bool:
 
 
 def register_tasks(app: Celery, process: WorkerProcess) -> None:
-    """The two tasks, bound to this process's WorkerProcess (the message carries only a job id)."""
+    """The tasks, bound to this process's WorkerProcess (a job's message carries only its id)."""
     app.task(name=TASKS[JobKind.GENERATION], ignore_result=True)(process.run_generation)
     app.task(name=TASKS[JobKind.EMBEDDING], ignore_result=True)(process.run_embedding)
+    app.task(name=TEXT_TASK, ignore_result=False)(process.embed_text)
 
 
 def run_worker(settings: Settings, kinds: list[JobKind], concurrency: int, hostname: str | None = None) -> None:
     """Block running a Celery worker for `kinds` with `concurrency` task threads (the CLI's default:
     MAX_BATCH_SIZE, so a worker claims no more generations than its decode loop can take at once)."""
     app = make_celery(settings)
-    process = WorkerProcess(settings, kinds)
+    process = WorkerProcess(settings, kinds, hostname)
     register_tasks(app, process)
     process.start()
+    signals.worker_ready.connect(lambda **_: process.consuming.set(), weak=False)
     signals.worker_shutting_down.connect(lambda **_: process.stop(), weak=False)
     argv = ["worker", "--pool=threads", f"--concurrency={concurrency}", "--without-gossip", "--without-mingle",
             f"--queues={','.join(QUEUES[k] for k in kinds)}", f"--loglevel={settings.log_level}"]  # fmt: skip

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Protocol
 
 import anyio
+import numpy as np
 from sqlalchemy import make_url, select
 
 from motif.config import Settings
@@ -52,13 +53,15 @@ class DataDirBusyError(RuntimeError):
 
 
 class Dispatcher(Protocol):
-    """How jobs reach whoever runs them: `Workers` (threads in this process) or `CeleryDispatcher` (a broker)."""
+    """How jobs and text queries reach the models: `Workers` (threads in this process) or `CeleryDispatcher`
+    (`motif worker` processes behind a broker)."""
 
     def start(self) -> None: ...
     def wake(self, kind: JobKind, job_id: str | None = None) -> None: ...
     def cancel(self, job_id: str) -> None: ...
     def alive(self) -> dict[str, bool]: ...
     def warming(self) -> dict[str, bool]: ...
+    def embed_text(self, text: str) -> np.ndarray: ...
     def stop(self, timeout: float = 30.0) -> None: ...
 
 
@@ -166,7 +169,7 @@ def _open_distributed(settings: Settings, start_sweeper: bool) -> Services:
     decodes = anyio.CapacityLimiter(settings.max_concurrent_decodes)
     uploads = anyio.CapacityLimiter(settings.max_concurrent_uploads)
     # The EngineHost only answers check_mode and pipeline_version here; models load in `motif worker`.
-    services = Services(settings, db, blobs, queue, EngineHost(settings), JobEvents(), CeleryDispatcher(settings),
+    services = Services(settings, db, blobs, queue, EngineHost(settings), JobEvents(), CeleryDispatcher(settings, db),
                         decodes, uploads, Quotas(settings, db))  # fmt: skip
     if start_sweeper:
         from motif.service.retention import RetentionSweeper

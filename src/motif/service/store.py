@@ -165,6 +165,18 @@ class JobRow(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
 
+class WorkerRow(Base):
+    """A live `motif worker` process (distributed mode): it rewrites `seen_at` with its lease heartbeat, so
+    API processes know which queues have a consumer on any broker (SQS has no broadcast to ask workers)."""
+
+    __tablename__ = "worker"
+
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)  # Celery hostname/pid
+    queues: Mapped[str] = mapped_column(String(255))  # the queues it consumes, comma-separated
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+
+
 class Database:
     """The SQL engine and its sessions. One per process; created in the app's lifespan."""
 

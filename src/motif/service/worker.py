@@ -386,6 +386,12 @@ class Workers:
         """Per job kind (= model role): its worker is loading the model now."""
         return {kind.value: thread.is_alive() and thread.warming for kind, thread in self._threads.items()}
 
+    def embed_text(self, text: str) -> np.ndarray:
+        """A text query's CLAP vector, computed here (the API's own thread: a text is one short forward pass).
+
+        Raises ModelUnavailableError."""
+        return self.ctx.host.engine.embed_text([text])[0]
+
     def stop(self, timeout: float = 30.0) -> None:
         """Interrupt running jobs (they go back to the queue) and wait for the threads to exit."""
         self.ctx.stopping.set()
