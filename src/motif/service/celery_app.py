@@ -144,7 +144,7 @@ class CeleryDispatcher:
         The message expires with the wait, so a worker that starts later does not compute an answer nobody
         reads. Raises ModelUnavailableError: no worker answered in time, or the worker failed.
         """
-        wait = self.settings.embedding_wait_seconds
+        wait = max(self.settings.embedding_wait_seconds, 1.0)  # 0 means "never wait" for uploads, not here
         try:
             result = self.app.send_task(TEXT_TASK, args=[text], queue=QUEUES[JobKind.EMBEDDING], expires=wait,
                                         ignore_result=False)  # fmt: skip
