@@ -64,7 +64,9 @@ class Settings(BaseSettings):
     data_dir: Path = Path("data")
     database_url: str | None = Field(None, description="SQLAlchemy URL; default sqlite in DATA_DIR")
     max_job_attempts: int = Field(3, ge=1)
-    embedding_wait_seconds: float = Field(10.0, ge=0, description="GET /embedding waits this long; with a broker, a text search too (at least 1 s)")
+    embedding_wait_seconds: float = Field(
+        10.0, ge=0, description="GET /embedding (and text search, with a broker) waits this long"
+    )
     log_level: str = "INFO"
     auto_migrate: bool = Field(True, description="upgrade the schema at start; false: refuse an old one")
 
