@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
@@ -14,6 +15,10 @@ from fastapi.responses import RedirectResponse, StreamingResponse
 from motif.config import Settings
 from motif.service.api.blob_response import blob_response
 from motif.service.blobs_s3 import PART_SIZE, S3BlobStore
+from motif.service.retention import ORPHAN_AGE
+from motif.service.runtime import sweep_orphans
+from motif.service.store import Database, utcnow
+from tests.service.conftest import add_audio
 from tests.services import S3_BUCKET, S3_ENV, Service
 
 
@@ -63,3 +68,14 @@ def test_downloads_stream_with_ranges_or_redirect_to_a_presigned_url(store: S3Bl
     assert isinstance(response, RedirectResponse) and response.status_code == 302
     fetched = httpx.get(response.headers["location"])
     assert fetched.status_code == 200 and fetched.content == b"RIFF" + bytes(range(200))
+
+
+def test_a_cluster_sweep_removes_only_old_files_that_no_row_points_at(store: S3BlobStore, db: Database) -> None:
+    audio_id = add_audio(db)
+    for key in (f"uploads/{audio_id}.wav", f"processed/{audio_id}.npy", "uploads/lost.wav", "generated/lost.wav"):
+        store.put_bytes(key, b"x")
+    assert sweep_orphans(db, store, older_than=ORPHAN_AGE) == 0  # written just now: maybe a row is coming
+    later = utcnow() + ORPHAN_AGE + timedelta(minutes=1)
+    assert sweep_orphans(db, store, older_than=ORPHAN_AGE, now=later) == 2
+    kept = sorted(key for area in ("uploads", "processed", "generated") for key in store.keys(area))
+    assert kept == [f"processed/{audio_id}.npy", f"uploads/{audio_id}.wav"]

@@ -12,6 +12,7 @@ import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
@@ -60,8 +61,11 @@ class BlobStore(ABC):
         """Remove `key`; missing is fine."""
 
     @abstractmethod
+    def entries(self, area: str) -> Iterator[tuple[str, datetime]]:
+        """Every committed key in `area` (temp files excluded), with when it was written (UTC)."""
+
     def keys(self, area: str) -> Iterator[str]:
-        """Every committed key in `area` (temp files excluded)."""
+        return (key for key, _ in self.entries(area))
 
     @abstractmethod
     def sweep_temp(self) -> int:
@@ -154,10 +158,10 @@ class LocalBlobStore(BlobStore):
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
 
-    def keys(self, area: str) -> Iterator[str]:
+    def entries(self, area: str) -> Iterator[tuple[str, datetime]]:
         for entry in os.scandir(self.root / area):
             if entry.is_file() and not entry.name.startswith("."):
-                yield f"{area}/{entry.name}"
+                yield f"{area}/{entry.name}", datetime.fromtimestamp(entry.stat().st_mtime, UTC)
 
     def sweep_temp(self) -> int:
         removed = 0

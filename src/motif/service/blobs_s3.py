@@ -108,12 +108,12 @@ class S3BlobStore(BlobStore):
     def delete(self, key: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=self._name(key))  # missing is fine in S3
 
-    def keys(self, area: str) -> Iterator[str]:
+    def entries(self, area: str) -> Iterator[tuple[str, datetime]]:
         base = f"{self.prefix}/" if self.prefix else ""
         pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=f"{base}{area}/")
         for page in pages:
             for item in page.get("Contents", []):
-                yield item["Key"][len(base):]
+                yield item["Key"][len(base):], item["LastModified"]
 
     def sweep_temp(self) -> int:
         """Abort multipart uploads abandoned by a killed process (their parts cost storage until aborted)."""

@@ -1,13 +1,16 @@
 """Retention: finished results and (when configured) uploads expire; a sweeper thread deletes them.
 
-Rows go first, in one transaction, then their files: a crash in between leaves only orphan files, which
-the next start-up sweep removes (`runtime.sweep_orphans`), never a row pointing at a missing file.
+Rows go first, in one transaction, then their files: a crash in between leaves only orphan files, never a
+row pointing at a missing file. The embedded server's start-up sweep removes them (`runtime.sweep_orphans`);
+in a cluster, where no start-up is "the" start-up, the API processes' sweepers remove files older than
+ORPHAN_AGE that no row points at, once every ORPHAN_SWEEP_SECONDS.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -15,12 +18,14 @@ from sqlalchemy import delete, select
 
 from motif.service import library
 from motif.service.jobs import JobKind, JobStatus
-from motif.service.runtime import Services
+from motif.service.runtime import Services, sweep_orphans
 from motif.service.store import EVERYONE, AudioRow, JobRow, utcnow
 
 log = logging.getLogger(__name__)
 
 FINAL = (JobStatus.COMPLETED.value, JobStatus.FAILED.value, JobStatus.CANCELLED.value)
+ORPHAN_AGE = timedelta(hours=1)  # far longer than any write-then-commit; a file this old with no row is lost
+ORPHAN_SWEEP_SECONDS = 3600.0  # a sweep lists the whole bucket: hourly keeps its LIST requests cheap
 
 
 @dataclass(frozen=True)
@@ -67,9 +72,13 @@ class RetentionSweeper(threading.Thread):
         self.stopping = threading.Event()
 
     def run(self) -> None:
+        orphans_swept = time.monotonic()
         while not self.stopping.wait(self.services.settings.retention_sweep_seconds):
             try:
                 expire(self.services)
+                if self.services.settings.distributed and time.monotonic() - orphans_swept >= ORPHAN_SWEEP_SECONDS:
+                    sweep_orphans(self.services.db, self.services.blobs, older_than=ORPHAN_AGE)
+                    orphans_swept = time.monotonic()
             except Exception:
                 log.exception("retention sweep failed; retrying at the next interval")
 

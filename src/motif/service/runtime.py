@@ -18,6 +18,8 @@ import logging
 import os
 import secrets
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from itertools import islice
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Protocol
 
@@ -34,7 +36,7 @@ from motif.service.metrics import Metrics
 from motif.service.migrations import head
 from motif.service.peaks import PeaksCache
 from motif.service.quotas import Quotas
-from motif.service.store import AudioRow, Database, JobRow
+from motif.service.store import AudioRow, Database, JobRow, utcnow
 from motif.service.streams import AudioStreams
 from motif.service.webhooks import WebhookSender, webhook_payload
 from motif.service.worker import WorkerContext, Workers
@@ -219,19 +221,35 @@ def _lock_data_dir(data_dir: Path) -> IO[str] | None:
     return handle
 
 
-def sweep_orphans(db: Database, blobs: BlobStore) -> int:
-    """Remove temp files and files no row points at (a process killed between writing a file and its row)."""
-    with db.session() as session:
-        known = set(session.scalars(select(AudioRow.upload_key)))
-        known |= set(session.scalars(select(AudioRow.processed_key)))
-        known |= {key for key in session.scalars(select(JobRow.output_key)) if key}
-    removed = blobs.sweep_temp()
+ORPHAN_CHECK_BATCH = 500  # keys looked up in the database per query: memory stays bounded in a big bucket
+
+
+def sweep_orphans(db: Database, blobs: BlobStore, older_than: timedelta | None = None,
+                  now: datetime | None = None) -> int:  # fmt: skip
+    """Remove files no row points at: a process killed between writing a file and its row, or between
+    deleting rows and their files (retention, deletes).
+
+    Embedded start-up (`older_than` None): also temp files, and files of any age, as no other process writes.
+    A cluster's periodic sweep passes `older_than`: another process may be between writing a file and
+    committing its row, so only files older than that go. The listing comes before the lookups, so a row
+    committed before a file's lookup always saves it.
+    """
+    removed = blobs.sweep_temp() if older_than is None else 0
+    cutoff = (now or utcnow()) - older_than if older_than is not None else None
     for area in AREAS:
-        for key in list(blobs.keys(area)):
-            if key not in known:
+        old = (key for key, written in blobs.entries(area) if cutoff is None or written < cutoff)
+        while batch := list(islice(old, ORPHAN_CHECK_BATCH)):
+            for key in set(batch) - _referenced(db, batch):
                 blobs.delete(key)
                 removed += 1
     if removed:
         log.warning("removed %d unfinished or orphaned files", removed)
     return removed
 
+
+def _referenced(db: Database, keys: list[str]) -> set[str]:
+    with db.session() as session:
+        found = set(session.scalars(select(AudioRow.upload_key).where(AudioRow.upload_key.in_(keys))))
+        found |= set(session.scalars(select(AudioRow.processed_key).where(AudioRow.processed_key.in_(keys))))
+        found |= set(session.scalars(select(JobRow.output_key).where(JobRow.output_key.in_(keys))))
+    return found
