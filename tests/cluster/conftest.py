@@ -19,6 +19,7 @@ import pytest
 from tests.e2e.server import Server, server_env
 from tests.service.conftest import wait_until
 from tests.services import S3_BUCKET, S3_ENV, Service, create_database
+from tests.webhook_receiver import SECRET
 
 ROOT = Path(__file__).resolve().parents[2]
 BUCKET = S3_BUCKET
@@ -97,7 +98,8 @@ def cluster_env(
     return server_env(workdir / "data", model_cache, BROKER_URL=broker_url, DATABASE_URL=database,
                       STORAGE_URL=f"s3://{BUCKET}/{prefix}", S3_ENDPOINT_URL=s3.url,
                       JOB_LEASE_SECONDS=str(LEASE_SECONDS), MAX_JOB_ATTEMPTS=str(MAX_ATTEMPTS), MAX_BATCH_SIZE="4",
-                      EMBEDDING_WAIT_SECONDS="20", PYTHONPATH=f"{ROOT}:{ROOT / 'src'}", **S3_ENV)  # fmt: skip
+                      EMBEDDING_WAIT_SECONDS="20", WEBHOOK_SECRET=SECRET, WEBHOOK_ALLOW_PRIVATE="true",
+                      PYTHONPATH=f"{ROOT}:{ROOT / 'src'}", **S3_ENV)  # fmt: skip
 
 
 @contextmanager

@@ -6,6 +6,7 @@ then the ones that kill or stop workers.
 
 from __future__ import annotations
 
+import json
 import signal
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from tests.e2e.conftest import upload
 from tests.e2e.server import poll_status, wait_for_embedding
 from tests.service.conftest import wait_until
 from tests.synth import music_like, write_format
+from tests.webhook_receiver import SECRET, receiving, signed_by
 
 HERE = Path(__file__).resolve().parent
 
@@ -85,6 +87,17 @@ def test_a_text_search_is_answered_by_an_embedding_worker(cluster: Cluster) -> N
     assert audio_id in [match["audio_id"] for match in response.json()["results"]]
     assert any("motif.embed_text" in worker.log(1_000_000) for worker in cluster.workers.values())
     assert "random-weight test model" not in cluster.api.log(1_000_000)  # the API never loaded CLAP
+
+
+def test_the_webhook_of_a_job_a_worker_finished_is_sent_by_the_api(cluster: Cluster) -> None:
+    audio_id = _uploaded(cluster)
+    with receiving() as (url, handler):
+        generation_id = _generate(cluster.client, audio_id, callback_url=url)
+        assert poll_status(cluster.client, generation_id, timeout=180)[-1]["status"] == "completed"
+        wait_until(lambda: handler.received, timeout=30, what="the webhook")
+    headers, body = handler.received[0]
+    assert signed_by(SECRET, headers, body) and json.loads(body)["generation_id"] == generation_id
+    assert _row(cluster, generation_id).webhook_state == "delivered"
 
 
 def _send(cluster: Cluster, job_id: str) -> None:

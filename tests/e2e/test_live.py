@@ -3,14 +3,11 @@ against a real server with tiny models; webhooks land on the test's own receiver
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import io
 import json
 import struct
 import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +20,7 @@ from tests.e2e.conftest import upload
 from tests.e2e.server import Server, poll_status, server_env
 from tests.service.conftest import wait_until
 from tests.synth import music_like, write_format
-
-SECRET = "test-webhook-secret"
+from tests.webhook_receiver import SECRET, Receiver, receiving, signed_by
 
 
 @pytest.fixture(scope="module")
@@ -163,31 +159,10 @@ def test_peaks_and_media_urls(live: Server, audio_id: str) -> None:
     assert client.post("/api/media-tokens", json={"path": "/api/audio"}).status_code == 422
 
 
-class Receiver(BaseHTTPRequestHandler):
-    """Records webhook POSTs; answers 500 to the first `failures` of them."""
-
-    received: list[tuple[dict[str, str], bytes]] = []
-    failures = 0
-
-    def do_POST(self) -> None:  # noqa: N802 - http.server's name
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        type(self).received.append((dict(self.headers), body))
-        failing = len(type(self).received) <= type(self).failures
-        self.send_response(500 if failing else 204)
-        self.end_headers()
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 @pytest.fixture
 def receiver() -> Iterator[tuple[str, type[Receiver]]]:
-    handler = type("TestReceiver", (Receiver,), {"received": [], "failures": 2})
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}/hook", handler
-    httpd.shutdown()
+    with receiving(failures=2) as running:
+        yield running
 
 
 def test_webhook_is_signed_retried_and_carries_the_final_status(
@@ -198,9 +173,7 @@ def test_webhook_is_signed_retried_and_carries_the_final_status(
     poll_status(live.client, generation_id)
     wait_until(lambda: len(handler.received) >= 3, timeout=30, what="the webhook's third attempt")
     assert len(handler.received) == 3  # two 500s, then a success: no more attempts
-    for headers, body in handler.received:
-        expected = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
-        assert hmac.compare_digest(headers["X-Motif-Signature"], expected)
+    assert all(signed_by(SECRET, headers, body) for headers, body in handler.received)
     status = json.loads(handler.received[-1][1])
     assert status["generation_id"] == generation_id and status["status"] == "completed"
     assert status["download_url"] == f"/api/download/{generation_id}"

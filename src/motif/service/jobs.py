@@ -66,8 +66,10 @@ class JobQueue:
         owner: str | None = None,
     ) -> JobRow:  # fmt: skip
         """Add a queued job inside the caller's transaction (so it commits with what it belongs to)."""
+        params = params or {}
         row = JobRow(id=new_id(), kind=kind.value, audio_id=audio_id, owner=owner, status=JobStatus.QUEUED.value,
-                     params=params or {}, progress=0.0, attempts=0, cancel_requested=False)  # fmt: skip
+                     params=params, progress=0.0, attempts=0, cancel_requested=False,
+                     webhook_state="pending" if params.get("callback_url") else None)  # fmt: skip
         session.add(row)
         session.flush()
         return row

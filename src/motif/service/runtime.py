@@ -38,7 +38,7 @@ from motif.service.peaks import PeaksCache
 from motif.service.quotas import Quotas
 from motif.service.store import AudioRow, Database, JobRow, utcnow
 from motif.service.streams import AudioStreams
-from motif.service.webhooks import WebhookSender, webhook_payload
+from motif.service.webhooks import WebhookSender
 from motif.service.worker import WorkerContext, Workers
 
 if TYPE_CHECKING:
@@ -130,9 +130,7 @@ def open_services(settings: Settings, start_workers: bool = True, metrics: Metri
     sweep_orphans(db, blobs)
     events = JobEvents()
     workers = Workers(WorkerContext(settings, host, db, blobs, queue, events, metrics=metrics))
-    webhooks = WebhookSender(lambda job_id: webhook_payload(queue, job_id), settings.webhook_secret,
-                             settings.webhook_allow_private, settings.webhook_max_attempts,
-                             settings.webhook_timeout_seconds)  # fmt: skip
+    webhooks = WebhookSender(queue, settings)
     events.on_final(webhooks.notify)
     if start_workers:
         webhooks.start()
@@ -171,13 +169,15 @@ def _open_distributed(settings: Settings, start_sweeper: bool) -> Services:
     decodes = anyio.CapacityLimiter(settings.max_concurrent_decodes)
     uploads = anyio.CapacityLimiter(settings.max_concurrent_uploads)
     # The EngineHost only answers check_mode and pipeline_version here; models load in `motif worker`.
+    webhooks = WebhookSender(queue, settings)
     services = Services(settings, db, blobs, queue, EngineHost(settings), JobEvents(), CeleryDispatcher(settings, db),
-                        decodes, uploads, Quotas(settings, db))  # fmt: skip
+                        decodes, uploads, Quotas(settings, db), webhooks=webhooks)  # fmt: skip
     if start_sweeper:
         from motif.service.retention import RetentionSweeper
 
         services.sweeper = RetentionSweeper(services)
         services.sweeper.start()
+        webhooks.start()  # sends the webhooks of jobs the workers finish (the outbox is in their rows)
     return services
 
 

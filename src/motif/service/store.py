@@ -163,6 +163,11 @@ class JobRow(Base):
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+    # The webhook of a generation with params.callback_url: "pending" from its creation until it is delivered
+    # ("delivered") or given up ("failed"); `motif.service.webhooks` sends it once the job is final.
+    webhook_state: Mapped[str | None] = mapped_column(String(16), nullable=True, index=True)
+    webhook_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    webhook_due_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)  # next try, or lease end
 
 
 class WorkerRow(Base):

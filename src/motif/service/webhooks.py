@@ -1,38 +1,46 @@
 """Webhooks: a POST to a generation's `callback_url` with its final status, signed, retried, off the workers.
 
 The body is the JSON of the final status; `X-Motif-Signature: sha256=<hex>` is HMAC-SHA256 of the exact
-body bytes with WEBHOOK_SECRET. Deliveries run in their own thread with exponential backoff, so a slow or
-dead receiver never holds a worker. A URL must be http(s), and every address its host resolves to must be
+body bytes with WEBHOOK_SECRET. A URL must be http(s), and every address its host resolves to must be
 public unless WEBHOOK_ALLOW_PRIVATE=true; it is checked when the job is created and again before each
-attempt (DNS can change in between). Pending deliveries live in memory: a crash loses them.
+attempt (DNS can change in between).
+
+Deliveries are an outbox in the job rows (`webhook_state`, `webhook_attempts`, `webhook_due_at`), sent by a
+thread in every API process with exponential backoff, so a slow or dead receiver never holds a worker, a
+crash loses nothing (the next process sends what is pending), and in a cluster the API processes send the
+webhooks of jobs that workers finished. An attempt is claimed by moving `webhook_due_at` past its timeout
+in one conditional UPDATE, so two processes never send the same attempt; a process killed during an
+attempt leaves it to be retried: delivery is at least once (receivers dedupe on generation_id).
 """
 
 from __future__ import annotations
 
 import hashlib
-import heapq
 import hmac
 import ipaddress
 import json
 import logging
 import socket
 import threading
-import time
-from collections.abc import Callable
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+from sqlalchemy import select, update
 
 from motif.config import Settings
 from motif.service.jobs import JobKind, JobQueue, JobStatus
+from motif.service.store import JobRow, utcnow
 
 log = logging.getLogger(__name__)
 
 SIGNATURE_HEADER = "X-Motif-Signature"
 EVENT_HEADER = "X-Motif-Event"
 FIRST_RETRY_DELAY = 1.0  # seconds; doubles after each failed attempt
-MAX_REMEMBERED = 10_000  # delivered job ids kept to ignore a second notify
+POLL_SECONDS = 1.0  # how often the outbox is read (one indexed query); a job finished here wakes it at once
+BATCH = 20  # deliveries claimed per read
+FINAL = [status.value for status in JobStatus if status.is_final]
 
 
 class WebhookURLError(ValueError):
@@ -75,56 +83,61 @@ def check_callback(settings: Settings, url: str) -> None:
 
 
 class WebhookSender:
-    """One thread delivering final statuses: `notify(job_id)` is cheap and never blocks the caller.
+    """The thread that sends due webhooks from the job rows: `notify()` only wakes it, never blocks."""
 
-    `describe(job_id)` returns (callback_url, status body) when the job has a callback and is final, else None.
-    """
-
-    def __init__(self, describe: Callable[[str], tuple[str, dict[str, Any]] | None], secret: str | None,
-                 allow_private: bool, max_attempts: int, timeout: float) -> None:  # fmt: skip
-        self.describe, self.secret, self.allow_private = describe, secret, allow_private
-        self.max_attempts, self.timeout = max_attempts, timeout
-        self._due: list[tuple[float, int, str]] = []  # (when, attempt, job id) heap
-        self._cond = threading.Condition()
-        self._stopping = False
-        self._sent: set[str] = set()
+    def __init__(self, queue: JobQueue, settings: Settings) -> None:
+        self.queue, self.secret, self.allow_private = queue, settings.webhook_secret, settings.webhook_allow_private
+        self.max_attempts, self.timeout = settings.webhook_max_attempts, settings.webhook_timeout_seconds
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="motif-webhooks", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
-        with self._cond:
-            self._stopping = True
-            self._cond.notify()
+        self._stopping.set()
+        self._wake.set()
         if self._thread.is_alive():
             self._thread.join(timeout)
 
     def notify(self, job_id: str) -> None:
-        """A job reached a final state: deliver its webhook (if it has one) soon."""
-        with self._cond:
-            heapq.heappush(self._due, (time.monotonic(), 1, job_id))
-            self._cond.notify()
+        """A job in this process reached a final state: read the outbox now rather than at the next poll."""
+        self._wake.set()
 
     def _run(self) -> None:
         with httpx.Client(timeout=self.timeout, follow_redirects=False, trust_env=False) as client:
-            while True:
-                with self._cond:
-                    while not self._stopping and (not self._due or self._due[0][0] > time.monotonic()):
-                        self._cond.wait(None if not self._due else self._due[0][0] - time.monotonic())
-                    if self._stopping:
-                        return
-                    _, attempt, job_id = heapq.heappop(self._due)
+            while not self._stopping.is_set():
+                self._wake.clear()
                 try:
-                    self._attempt(client, job_id, attempt)
-                except Exception:  # the thread must live; the delivery is dropped with the reason logged
-                    log.exception("webhook for %s failed", job_id)
+                    for job_id, attempt in self._claim_due():
+                        self._attempt(client, job_id, attempt)
+                except Exception:  # the database is unreachable, say: the rows wait, the thread lives on
+                    log.exception("webhook delivery pass failed")
+                self._wake.wait(POLL_SECONDS)
+
+    def _claim_due(self) -> list[tuple[str, int]]:
+        """Up to BATCH (job id, attempt number) whose webhook is due, each claimed for its attempt's timeout."""
+        now = utcnow()
+        due = (JobRow.webhook_state == "pending", JobRow.status.in_(FINAL),
+               JobRow.webhook_due_at.is_(None) | (JobRow.webhook_due_at <= now))  # fmt: skip
+        lease_end = now + timedelta(seconds=self.timeout + 30)
+        claimed = []
+        with self.queue.db.transaction() as session:
+            found = session.execute(select(JobRow.id, JobRow.webhook_attempts).where(*due)
+                                    .order_by(JobRow.seq).limit(BATCH)).all()  # fmt: skip
+            for job_id, attempts in found:
+                won = session.execute(update(JobRow).where(JobRow.id == job_id, *due)
+                                      .values(webhook_due_at=lease_end, webhook_attempts=attempts + 1)
+                                      .execution_options(synchronize_session=False))  # fmt: skip
+                if won.rowcount:  # type: ignore[attr-defined]
+                    claimed.append((job_id, attempts + 1))
+        return claimed
 
     def _attempt(self, client: httpx.Client, job_id: str, attempt: int) -> None:
-        if job_id in self._sent:
-            return
-        found = self.describe(job_id)
-        if found is None:
+        found = webhook_payload(self.queue, job_id)
+        if found is None:  # no callback after all: nothing to send
+            self._settle(job_id, "failed")
             return
         url, status = found
         body = json.dumps(status, separators=(",", ":"), default=str).encode()
@@ -137,21 +150,25 @@ class WebhookSender:
             ok, reason = response.is_success, f"HTTP {response.status_code}"
         except WebhookURLError as error:
             log.warning("webhook for %s not sent: %s", job_id, error)
+            self._settle(job_id, "failed")
             return
         except httpx.HTTPError as error:
             ok, reason = False, f"{type(error).__name__}: {error}"
         if ok:
-            if len(self._sent) >= MAX_REMEMBERED:
-                self._sent.clear()
-            self._sent.add(job_id)
-            return
-        if attempt >= self.max_attempts:
+            self._settle(job_id, "delivered")
+        elif attempt >= self.max_attempts:
             log.warning("webhook for %s gave up after %d attempts (%s)", job_id, attempt, reason)
-            return
-        delay = FIRST_RETRY_DELAY * 2 ** (attempt - 1)
-        log.info("webhook for %s: %s; attempt %d in %.0f s", job_id, reason, attempt + 1, delay)
-        with self._cond:
-            heapq.heappush(self._due, (time.monotonic() + delay, attempt + 1, job_id))
+            self._settle(job_id, "failed")
+        else:
+            delay = FIRST_RETRY_DELAY * 2 ** (attempt - 1)
+            log.info("webhook for %s: %s; attempt %d in %.0f s", job_id, reason, attempt + 1, delay)
+            self._settle(job_id, "pending", utcnow() + timedelta(seconds=delay))
+
+    def _settle(self, job_id: str, state: str, due: datetime | None = None) -> None:
+        with self.queue.db.transaction() as session:
+            session.execute(update(JobRow).where(JobRow.id == job_id)
+                            .values(webhook_state=state, webhook_due_at=due)
+                            .execution_options(synchronize_session=False))  # fmt: skip
 
 
 def webhook_payload(queue: JobQueue, job_id: str) -> tuple[str, dict[str, Any]] | None:
