@@ -17,7 +17,7 @@ from sqlalchemy import select
 from motif.service.store import Database, JobRow
 from tests.cluster.conftest import MAX_ATTEMPTS, Cluster
 from tests.e2e.conftest import upload
-from tests.e2e.server import poll_status, wait_for_embedding
+from tests.e2e.server import poll_status, read_events, wait_for_embedding
 from tests.service.conftest import wait_until
 from tests.synth import music_like, write_format
 from tests.webhook_receiver import SECRET, receiving, signed_by
@@ -98,6 +98,17 @@ def test_the_webhook_of_a_job_a_worker_finished_is_sent_by_the_api(cluster: Clus
     headers, body = handler.received[0]
     assert signed_by(SECRET, headers, body) and json.loads(body)["generation_id"] == generation_id
     assert _row(cluster, generation_id).webhook_state == "delivered"
+
+
+def test_progress_a_worker_makes_is_pushed_to_the_api_s_event_stream(cluster: Cluster) -> None:
+    audio_id = _uploaded(cluster)
+    generation_id = _generate(cluster.client, audio_id, duration=10)
+    events = read_events(cluster.client, generation_id)
+    assert events[-1]["event"] == "completed", events
+    progress = [e["data"]["progress"] for e in events if e["event"] == "progress"]
+    # Without PostgreSQL's NOTIFY from the worker, the API would re-read the job only on its 15 s keep-alive
+    # and see no step in between.
+    assert any(0 < value < 100 for value in progress), progress
 
 
 def _send(cluster: Cluster, job_id: str) -> None:

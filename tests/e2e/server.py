@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -107,3 +109,21 @@ def wait_for_embedding(client: httpx.Client, audio_id: str, timeout: float = 60.
     """GET /api/embedding until it is not 202."""
     return wait_until(lambda: (r := client.get(f"/api/embedding/{audio_id}")).status_code != 202 and r,
                       timeout=timeout, what=f"the embedding of {audio_id}")  # fmt: skip
+
+
+def read_events(client: httpx.Client, generation_id: str, last_id: str | None = None) -> list[dict[str, Any]]:
+    """Every SSE event until the server ends the stream: [{"id", "event", "data"}]."""
+    headers = {"Last-Event-ID": last_id} if last_id else {}
+    events, current = [], {}
+    with client.stream("GET", f"/api/generations/{generation_id}/events", headers=headers, timeout=120) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        for line in response.iter_lines():
+            if not line:
+                if "data" in current:
+                    events.append(current)
+                current = {}
+            elif not line.startswith(":"):
+                field, _, value = line.partition(": ")
+                current[field] = json.loads(value) if field == "data" else value
+    return events

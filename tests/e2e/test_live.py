@@ -17,7 +17,7 @@ import pytest
 import soundfile as sf
 
 from tests.e2e.conftest import upload
-from tests.e2e.server import Server, poll_status, server_env
+from tests.e2e.server import Server, poll_status, read_events, server_env
 from tests.service.conftest import wait_until
 from tests.synth import music_like, write_format
 from tests.webhook_receiver import SECRET, Receiver, receiving, signed_by
@@ -47,24 +47,6 @@ def generate(client: httpx.Client, audio_id: str, **params: Any) -> str:
     response = client.post(f"/api/generate/{audio_id}", json={"duration": 5, "seed": 1, **params})
     assert response.status_code == 202, response.text
     return str(response.json()["generation_id"])
-
-
-def read_events(client: httpx.Client, generation_id: str, last_id: str | None = None) -> list[dict[str, Any]]:
-    """Every SSE event until the server ends the stream: [{"id", "event", "data"}]."""
-    headers = {"Last-Event-ID": last_id} if last_id else {}
-    events, current = [], {}
-    with client.stream("GET", f"/api/generations/{generation_id}/events", headers=headers, timeout=120) as response:
-        assert response.status_code == 200
-        assert response.headers["content-type"].startswith("text/event-stream")
-        for line in response.iter_lines():
-            if not line:
-                if "data" in current:
-                    events.append(current)
-                current = {}
-            elif not line.startswith(":"):
-                field, _, value = line.partition(": ")
-                current[field] = json.loads(value) if field == "data" else value
-    return events
 
 
 def test_events_push_queue_position_progress_and_the_result_then_resume(live: Server, audio_id: str) -> None:

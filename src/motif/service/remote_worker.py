@@ -20,9 +20,10 @@ from celery import Celery, signals
 from celery.utils.nodenames import host_format
 
 from motif.config import Settings
-from motif.service import leases
+from motif.service import cluster_events, leases
 from motif.service.blobs import open_blob_store
 from motif.service.celery_app import QUEUES, TASKS, TEXT_TASK, CeleryDispatcher, make_celery
+from motif.service.cluster_events import NotifyingEvents
 from motif.service.engine_host import EngineHost
 from motif.service.jobs import JobKind, JobQueue
 from motif.service.store import Database, JobRow
@@ -104,7 +105,8 @@ class WorkerProcess:
         self.queue = JobQueue(self.db, settings.max_job_attempts)
         self.dispatcher = CeleryDispatcher(settings, self.db)
         self.consuming = threading.Event()  # Celery said ready: API processes may count this worker
-        self.ctx = WorkerContext(settings, EngineHost(settings), self.db, self.blobs, self.queue, JobEvents())
+        events = NotifyingEvents(self.db) if cluster_events.supported(self.db) else JobEvents()  # to API processes
+        self.ctx = WorkerContext(settings, EngineHost(settings), self.db, self.blobs, self.queue, events)
         self.generation = FedGenerationWorker(self.ctx, self.dispatcher)
         self.embedding = EmbeddingWorker(self.ctx)
         self.embedding_lock = threading.Lock()  # CLAP runs one upload at a time per process

@@ -28,7 +28,9 @@ import numpy as np
 from sqlalchemy import make_url, select
 
 from motif.config import Settings
+from motif.service import cluster_events
 from motif.service.blobs import AREAS, BlobStore, open_blob_store
+from motif.service.cluster_events import EventListener, NotifyingEvents
 from motif.service.engine_host import EngineHost, ModelState
 from motif.service.events import JobEvents
 from motif.service.jobs import JobKind, JobQueue
@@ -82,6 +84,7 @@ class Services:
     lock: IO[str] | None = None
     sweeper: RetentionSweeper | None = None
     webhooks: WebhookSender | None = None
+    listener: EventListener | None = None  # a cluster's job events from other processes (PostgreSQL)
     peaks: PeaksCache = field(init=False)
     media_secret: bytes = field(init=False)  # signs media URLs (MEDIA_TOKEN_SECRET, else random per process)
 
@@ -170,14 +173,19 @@ def _open_distributed(settings: Settings, start_sweeper: bool) -> Services:
     uploads = anyio.CapacityLimiter(settings.max_concurrent_uploads)
     # The EngineHost only answers check_mode and pipeline_version here; models load in `motif worker`.
     webhooks = WebhookSender(queue, settings)
-    services = Services(settings, db, blobs, queue, EngineHost(settings), JobEvents(), CeleryDispatcher(settings, db),
+    events = NotifyingEvents(db) if cluster_events.supported(db) else JobEvents()
+    events.on_final(webhooks.notify)
+    services = Services(settings, db, blobs, queue, EngineHost(settings), events, CeleryDispatcher(settings, db),
                         decodes, uploads, Quotas(settings, db), webhooks=webhooks)  # fmt: skip
     if start_sweeper:
         from motif.service.retention import RetentionSweeper
 
         services.sweeper = RetentionSweeper(services)
         services.sweeper.start()
-        webhooks.start()  # sends the webhooks of jobs the workers finish (the outbox is in their rows)
+        webhooks.start()
+        if isinstance(events, NotifyingEvents):  # workers' progress wakes this process's SSE streams at once
+            services.listener = EventListener(db, events)
+            services.listener.start()  # sends the webhooks of jobs the workers finish (the outbox is in their rows)
     return services
 
 
@@ -187,6 +195,8 @@ def close_services(services: Services, timeout: float = 30.0) -> None:
     services.workers.stop(timeout)
     if services.webhooks is not None:
         services.webhooks.stop()
+    if services.listener is not None:
+        services.listener.stop()
     services.db.dispose()
     if services.lock is not None:
         services.lock.close()  # releases the flock
