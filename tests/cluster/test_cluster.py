@@ -111,6 +111,14 @@ def test_progress_a_worker_makes_is_pushed_to_the_api_s_event_stream(cluster: Cl
     assert any(0 < value < 100 for value in progress), progress
 
 
+def test_a_stream_asked_of_a_running_job_in_a_cluster_answers_with_its_final_file(cluster: Cluster) -> None:
+    audio_id = _uploaded(cluster)
+    generation_id = _generate(cluster.client, audio_id, duration=10)
+    streamed = cluster.client.get(f"/api/generations/{generation_id}/stream", timeout=180)
+    assert streamed.status_code == 200 and streamed.content[:4] == b"RIFF"
+    assert streamed.content == cluster.client.get(f"/api/download/{generation_id}").content
+
+
 def _send(cluster: Cluster, job_id: str) -> None:
     """Publish a generation message for `job_id`, as a broker redelivery would."""
     from celery import Celery

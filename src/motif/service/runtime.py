@@ -95,6 +95,11 @@ class Services:
         self.media_secret = secret.encode() if secret else secrets.token_bytes(32)
 
     @property
+    def decodes_here(self) -> bool:
+        """This process runs the decode loop (embedded), so it has the live audio of its generations."""
+        return isinstance(self.workers, Workers)
+
+    @property
     def streams(self) -> AudioStreams:
         """The live audio of this process's running generations (its generation worker writes it). With a
         broker, generations run in `motif worker` processes: live audio is then not served by the API."""

@@ -3,7 +3,9 @@
 16-bit PCM at 32 kHz behind a header whose sizes say "unknown" (0xFFFFFFFF): an <audio> element plays it
 as it arrives. It starts with the first chunk the decode loop renders and ends when the job ends. The
 samples are the result before loudness normalisation, which the final file alone gets. A finished
-generation's stream is its final file (as /api/download); a failed or cancelled one is 409.
+generation's stream is its final file (as /api/download); a failed or cancelled one is 409. In a cluster
+the audio is decoded in a worker, not in the API process: the request waits for the job to end and then
+answers as for a finished one.
 """
 
 from __future__ import annotations
@@ -33,6 +35,18 @@ RECHECK_SECONDS = 5.0  # with no audio for this long, re-read the job (cancelled
 def _ended(services: Services, scope: Scope, generation_id: str) -> bool:
     row = library.get_generation(services, scope, generation_id)
     return row is None or JobStatus(row.status).is_final
+
+
+async def _until_ended(services: Services, scope: Scope, generation_id: str) -> None:
+    """Wait for the job's final state: woken by its events (NOTIFY from the worker), re-read every few seconds."""
+    while True:
+        event = services.events.subscribe(generation_id)
+        try:
+            if await run_in_threadpool(_ended, services, scope, generation_id):
+                return
+            await wait_any([event], RECHECK_SECONDS)
+        finally:
+            services.events.unsubscribe(generation_id, event)
 
 
 async def _pcm(services: Services, scope: Scope, generation_id: str, buffer: AudioBuffer) -> AsyncIterator[bytes]:
@@ -75,6 +89,9 @@ async def stream_generation(generation_id: GenerationId, services: ServicesDep, 
         return await run_in_threadpool(download, generation_id, services, scope)
     if JobStatus(row.status).is_final:
         raise HTTPException(409, f"generation {generation_id} is {row.status}: there is no audio to stream")
+    if not services.decodes_here:  # a cluster's API process: the audio is decoded in a worker, far from here
+        await _until_ended(services, scope, generation_id)
+        return await stream_generation(generation_id, services, scope)  # now the final file, or 409
     buffer = services.streams.listen(generation_id)
     headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
     return StreamingResponse(_pcm(services, scope, generation_id, buffer), media_type="audio/wav", headers=headers)
