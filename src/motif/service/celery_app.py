@@ -78,8 +78,8 @@ def make_celery(settings: Settings) -> Celery:
         broker_connection_retry_on_startup=True,
         # Shutdown: SIGTERM is Celery's warm shutdown, which waits for running tasks. `motif worker` hooks
         # worker_shutting_down to stop its decode loop at the next step and hand each job back to the queue
-        # (republished), so the wait is one decode step and no soft/hard shutdown timeout is set; the
-        # orchestrator's grace period (compose: 60 s) covers loading nothing and finishing nothing.
+        # (republished). The wait is one decode step, so no soft/hard shutdown timeout is set, and the
+        # orchestrator's grace period (compose: 60 s) has ample room.
         # Never revoke/terminate: cancellation is the job row's flag, read by the decode loop between steps.
         worker_enable_remote_control=True,
         worker_hijack_root_logger=False,
