@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import TypeVar
 import pytest
 
 from motif.config import Settings
-from motif.service.jobs import JobQueue
+from motif.service.jobs import JobKind, JobQueue
 from motif.service.store import AudioRow, Database, new_id
 
 T = TypeVar("T")
@@ -57,3 +58,21 @@ def wait_until(predicate: Callable[[], T | None], timeout: float = 60.0, interva
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:g} s waiting for {what or predicate}")
         time.sleep(interval)
+
+
+def claim_concurrently(queue: JobQueue, threads: int, batch: int) -> list[str]:
+    """Every generation id that `threads` threads claimed, `batch` at a time, until the queue ran dry."""
+    claimed: list[str] = []
+    lock = threading.Lock()
+
+    def claimer() -> None:
+        while jobs := queue.claim(JobKind.GENERATION, batch):
+            with lock:
+                claimed.extend(job.id for job in jobs)
+
+    running = [threading.Thread(target=claimer) for _ in range(threads)]
+    for thread in running:
+        thread.start()
+    for thread in running:
+        thread.join()
+    return claimed

@@ -8,7 +8,7 @@ import threading
 from motif.service.jobs import ErrorCode, JobKind, JobQueue, JobStatus
 from motif.service.store import Database
 from motif.service.worker import JobEvents, ProgressReporter, backfill_embeddings
-from tests.service.conftest import add_audio
+from tests.service.conftest import add_audio, claim_concurrently
 
 
 def _enqueue(db: Database, queue: JobQueue, n: int, kind: JobKind = JobKind.GENERATION) -> list[str]:
@@ -20,19 +20,7 @@ def _enqueue(db: Database, queue: JobQueue, n: int, kind: JobKind = JobKind.GENE
 def test_claims_take_the_oldest_jobs_of_a_kind_and_each_job_once(db: Database, queue: JobQueue) -> None:
     ids = _enqueue(db, queue, 40)
     _enqueue(db, queue, 3, JobKind.EMBEDDING)
-    claimed: list[str] = []
-    lock = threading.Lock()
-
-    def claimer() -> None:
-        while jobs := queue.claim(JobKind.GENERATION, 3):
-            with lock:
-                claimed.extend(job.id for job in jobs)
-
-    threads = [threading.Thread(target=claimer) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    claimed = claim_concurrently(queue, threads=4, batch=3)
     assert sorted(claimed) == sorted(ids) and len(set(claimed)) == len(ids)
     first = queue.claim(JobKind.EMBEDDING, 1)[0]
     assert first.status == JobStatus.PROCESSING and first.attempts == 1 and first.started_at is not None

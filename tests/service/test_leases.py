@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
@@ -14,7 +13,7 @@ from sqlalchemy import update
 from motif.service import leases
 from motif.service.jobs import JobKind, JobQueue, JobStatus, _lock_fairest
 from motif.service.store import Database, JobRow, utcnow
-from tests.service.conftest import add_audio
+from tests.service.conftest import add_audio, claim_concurrently
 from tests.services import Service, create_database
 
 LEASE = 30.0
@@ -48,19 +47,7 @@ def test_concurrent_claims_take_each_job_once_in_fair_order(shared_db: Database)
     queue = JobQueue(shared_db, max_attempts=3)
     ids = _enqueue(shared_db, queue, ["a"] * 30 + ["b"] * 2)
     assert [job.id for job in queue.claim(JobKind.GENERATION, 2)] == [ids[0], ids[30]]  # a's first, then b's first
-    claimed: list[str] = []
-    lock = threading.Lock()
-
-    def claimer() -> None:
-        while jobs := queue.claim(JobKind.GENERATION, 1):
-            with lock:
-                claimed.extend(job.id for job in jobs)
-
-    threads = [threading.Thread(target=claimer) for _ in range(6)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    claimed = claim_concurrently(queue, threads=6, batch=1)
     assert sorted(claimed) == sorted(set(ids) - {ids[0], ids[30]})  # every other job, each once
 
 
