@@ -97,3 +97,11 @@ def test_test_pipeline_script_writes_embedding_and_audio(env: dict[str, str], tm
     assert vector.shape == (512,)
     audio, rate = sf.read(data / "pipeline-test" / "test_generated.wav")
     assert rate == 32_000 and audio.shape[0] == 5 * 32_000
+
+
+def test_the_cli_decodes_within_the_configured_limits(
+    env: dict[str, str], song: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MAX_SAMPLE_RATE", "32000")  # the song is 44.1 kHz
+    result = CliRunner().invoke(app, ["analyze", str(song)])
+    assert result.exit_code != 0 and "44100" in result.output, result.output

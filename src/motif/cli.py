@@ -54,12 +54,12 @@ def embed(
     as_json: Annotated[bool, typer.Option("--json", help="print the whole vector as JSON")] = False,
 ) -> None:
     """Embed FILE with CLAP: a deterministic 512-d unit vector."""
-    from motif.audio import load_audio
+    from motif.audio import DecodeLimits, load_audio
     from motif.engine import Engine
 
     settings = _settings()
     try:
-        decoded = load_audio(file, max_duration=settings.max_duration)
+        decoded = load_audio(file, limits=DecodeLimits.from_settings(settings))
         engine = Engine(settings)
         vector = engine.embed_audio(decoded.samples, decoded.sample_rate)
     except MotifError as error:
@@ -78,11 +78,11 @@ def embed(
 def analyze(file: Path) -> None:
     """Tempo, key, loudness and spectral shape of FILE."""
     from motif.analysis import analyze as run_analysis
-    from motif.audio import load_audio
+    from motif.audio import DecodeLimits, load_audio
 
     settings = _settings()
     try:
-        decoded = load_audio(file, max_duration=settings.max_duration)
+        decoded = load_audio(file, limits=DecodeLimits.from_settings(settings))
     except MotifError as error:
         _fail(error)
     table = Table(title=str(file), show_header=False)
@@ -112,7 +112,7 @@ def generate(
     key: Annotated[str | None, typer.Option(help='key hint, e.g. "A minor"')] = None,
 ) -> None:
     """Generate new music like FILE and write it to OUTPUT (WAV 32 kHz unless --format or suffix says)."""
-    from motif.audio import load_audio, write_audio
+    from motif.audio import DecodeLimits, load_audio, write_audio
     from motif.engine import Engine
 
     settings = _settings()
@@ -122,7 +122,7 @@ def generate(
                               continuation_start=start, continuation_end=end, include_prompt=include_prompt,
                               loop=loop, bpm=bpm, key=key)  # fmt: skip
     try:
-        decoded = load_audio(file, sample_rate=32_000, max_duration=settings.max_duration)
+        decoded = load_audio(file, sample_rate=32_000, limits=DecodeLimits.from_settings(settings))
         with _progress() as progress:
             bar = progress.add_task("generating", total=100)
             result = Engine(settings).generate(decoded.samples, decoded.sample_rate, params,
