@@ -1,10 +1,14 @@
 /* Motif's decode-step CPU kernels (AVX-512 VNNI and BF16). Built and loaded by motif.engine.kernels, which
-   says what each entry point is for; motif.engine.cpuops and motif.engine.fused call them. kernels_common.h
-   holds the structs, entry-point glue and threading both libraries share; this file its AVX-512 routines.
+   says what each entry point is for; motif.engine.cpuops and motif.engine.fused call them.
 
-   Only bf16_linear uses AVX512-BF16 instructions (callers check the CPU has them); everything else needs
-   AVX512 F/BW/VL and VNNI alone, so it runs on Cascade Lake too. */
-#include "kernels_common.h"
+   Every kernel computes each row on its own (no reduction ever mixes rows), so a row's result is bit-identical
+   whatever else shares its batch. Only bf16_linear uses AVX512-BF16 instructions (callers check the CPU has
+   them); everything else needs AVX512 F/BW/VL and VNNI alone, so it runs on Cascade Lake too. */
+#include <immintrin.h>
+#include <math.h>
+#include <stdint.h>
+
+#include "kernels_common.h" /* the structs, entry points and threading kernels_avx2.c shares */
 
 /* ------------------------------------------------------------------------------------------- helpers */
 

@@ -1,13 +1,16 @@
 /* Motif's int8 decode-step kernels for AVX2 + FMA CPUs (most laptops, every x86-64 CPU since 2015), built with
    -mavx2 -mfma only, so nothing in it needs AVX-512. Same entry points, data layouts and structs as kernels.c
    (motif.engine.kernels loads one or the other), minus bf16_linear: the codebook heads stay a float32 matmul.
-   The entry points, structs and threading come from kernels_common.h; this file holds the AVX2 routines.
 
    The int8 projections sum each group of inputs exactly in int32 as kernels.c does (vpmaddwd on int16
    activations and sign-extended weights, then vpaddd, where AVX-512 VNNI has one vpdpwssd), so their sums are
    the AVX-512 kernel's; norms, softmax and GELU reduce over 8 lanes instead of 16 and round a little
-   differently. */
-#include "kernels_common.h"
+   differently. Every row is computed on its own: a row's result never depends on what shares its batch. */
+#include <immintrin.h>
+#include <math.h>
+#include <stdint.h>
+
+#include "kernels_common.h" /* the structs, entry points and threading kernels.c shares */
 
 /* ------------------------------------------------------------------------------------------- helpers */
 

@@ -1,11 +1,8 @@
-/* What Motif's two decode-step kernel libraries share: included first by kernels.c (AVX-512 VNNI) and by
+/* What Motif's two decode-step kernel libraries share: included by kernels.c (AVX-512 VNNI) and by
    kernels_avx2.c (AVX2 + FMA), which motif.engine.kernels compiles one at a time. Here: the structs
    motif.engine.fused fills (one layout for both), the entry points' glue and how each stage is shared out
    over the threads; each kernel file defines the vector routines declared below, the only code that
-   differs between them. Nothing here computes in floating point, so both libraries round as before.
-
-   Every kernel computes each row on its own (no reduction ever mixes rows), so a row's result is
-   bit-identical whatever else shares its batch. */
+   differs between them. Nothing here computes in floating point: all rounding happens in those routines. */
 #ifndef MOTIF_KERNELS_COMMON_H
 #define MOTIF_KERNELS_COMMON_H
 
