@@ -27,25 +27,21 @@ from motif.engine.pipeline import GenerationJob
 from motif.engine.slots import ModelSlot
 from motif.engine.types import SAMPLE_RATE
 from motif.errors import InvalidRequestError, ModelUnavailableError
+from tests.engine.test_engine import _settings as tiny_settings
+from tests.engine.test_engine import source as source  # noqa: F401 - the 12 s music_like fixture
 from tests.synth import music_like
 
 CPU = torch.device("cpu")
 
 
 def _settings(model_cache: Path, **overrides: Any) -> Settings:
-    base: dict[str, Any] = dict(generation_model="tiny", embedding_model="tiny", model_cache_dir=model_cache,
-                                device="cpu", allow_model_download=False, generation_precision="fp32")  # fmt: skip
-    return Settings(_env_file=None, **{**base, **overrides})  # type: ignore[arg-type]
+    """test_engine's tiny-model settings, in fp32."""
+    return tiny_settings(model_cache, **{"generation_precision": "fp32", **overrides})
 
 
 @pytest.fixture(scope="module")
 def engine(model_cache: Path) -> Engine:
     return Engine(_settings(model_cache))
-
-
-@pytest.fixture(scope="module")
-def source() -> np.ndarray:
-    return music_like(12.0, SAMPLE_RATE, seed=3)
 
 
 def _seam(audio: np.ndarray) -> tuple[float, np.ndarray]:

@@ -75,6 +75,34 @@ def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(((a - b).norm(dim=-1) / b.norm(dim=-1)).max())
 
 
+def _fp32_logits(model: Any, tokens: torch.Tensor, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The fp32 static-cache decoder's `_ours`: the reference reduced precisions are held to."""
+    return _ours(StaticCacheDecoder(copy.deepcopy(model), False, 64), tokens, states, mask)
+
+
+def _bf16_copy(model: Any) -> Any:
+    """A copy of `model` with its decoder in bf16, as the service loads it."""
+    half = copy.deepcopy(model)
+    half.decoder.to(torch.bfloat16)
+    return half
+
+
+def _fused_and_layered_logits(
+    fused: StaticCacheDecoder, layered: StaticCacheDecoder
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Six steps of two rows of different lengths through `fused` and through `layered` with its fused step
+    turned off: their logits, each (6, 2, K, vocab)."""
+    states, mask = _memory()
+    layered._fused = None
+    logits = []
+    for decoder in (fused, layered):
+        decoder.reserve(2)
+        decoder.prefill(0, _tokens(3), states, mask)
+        decoder.prefill(1, _tokens(6, seed=7), *_memory(7, seed=5))
+        logits.append(torch.stack([decoder.step(torch.stack([_tokens(1, seed=t)[:, 0]] * 2)) for t in range(6)]))
+    return logits[0], logits[1]
+
+
 def test_fp32_prefill_then_steps_match_transformers_forward(model: Any) -> None:
     states, mask = _memory()
     tokens = _tokens(12)
@@ -84,10 +112,7 @@ def test_fp32_prefill_then_steps_match_transformers_forward(model: Any) -> None:
 
 
 def _in_precision(model: Any, precision: str) -> StaticCacheDecoder:
-    copied = copy.deepcopy(model)
-    if precision == "bf16":
-        copied.decoder.to(torch.bfloat16)
-    decoder = StaticCacheDecoder(copied, False, 64)
+    decoder = StaticCacheDecoder(_bf16_copy(model) if precision == "bf16" else copy.deepcopy(model), False, 64)
     if precision == "int8":
         decoder.quantize_int8(heads=True)
     return decoder
@@ -150,10 +175,8 @@ def test_cache_grows_in_chunks_and_keeps_what_it_held(model: Any, monkeypatch: p
 def test_bf16_stays_within_bf16_error_of_fp32(model: Any) -> None:
     states, mask = _memory()
     tokens = _tokens(24)
-    reference = _ours(StaticCacheDecoder(copy.deepcopy(model), False, 64), tokens, states, mask)
-    half = copy.deepcopy(model)
-    half.decoder.to(torch.bfloat16)
-    decoder = StaticCacheDecoder(half, False, 64)
+    reference = _fp32_logits(model, tokens, states, mask)
+    decoder = StaticCacheDecoder(_bf16_copy(model), False, 64)
     assert decoder.cache_dtype == (torch.bfloat16 if kernels.load_kernel() else torch.float32)
     ours = _ours(decoder, tokens, states, mask)
     assert _rel_err(ours, reference) < 0.05
@@ -164,7 +187,7 @@ def test_bf16_stays_within_bf16_error_of_fp32(model: Any) -> None:
 def test_int8_stays_close_to_fp32_and_releases_the_float_weights(model: Any) -> None:
     states, mask = _memory()
     tokens = _tokens(24)
-    reference = _ours(StaticCacheDecoder(copy.deepcopy(model), False, 64), tokens, states, mask)
+    reference = _fp32_logits(model, tokens, states, mask)
     quantized = copy.deepcopy(model)
     decoder = StaticCacheDecoder(quantized, False, 64)
     float_bytes = decoder.weight_bytes_per_step()
@@ -182,18 +205,11 @@ def test_fused_int8_step_matches_the_layer_by_layer_int8_step(model: Any) -> Non
     """One C call for every layer (motif.engine.fused) against the torch-orchestrated int8 layers, on rows of
     different lengths. Norms and GELU round differently (about 1e-7), which int16 activations can amplify
     to about 1e-5: the bound says so."""
-    states, mask = _memory()
     fused, layered = _in_precision(model, "int8"), _in_precision(model, "int8")
     assert fused._fused is not None
-    layered._fused = None
-    logits = {}
-    for name, decoder in (("fused", fused), ("layered", layered)):
-        decoder.reserve(2)
-        decoder.prefill(0, _tokens(3), states, mask)
-        decoder.prefill(1, _tokens(6, seed=7), *_memory(7, seed=5))
-        logits[name] = torch.stack([decoder.step(torch.stack([_tokens(1, seed=t)[:, 0]] * 2)) for t in range(6)])
-    assert _rel_err(logits["fused"], logits["layered"]) < 1e-3
-    assert torch.equal(logits["fused"].argmax(-1), logits["layered"].argmax(-1))
+    fused_logits, layered_logits = _fused_and_layered_logits(fused, layered)
+    assert _rel_err(fused_logits, layered_logits) < 1e-3
+    assert torch.equal(fused_logits.argmax(-1), layered_logits.argmax(-1))
     torch.testing.assert_close(fused._k[1].float(), layered._k[1].float(), rtol=0.02, atol=0.02)
 
 
@@ -226,10 +242,8 @@ def test_int8_from_bf16_weights_stays_close_to_fp32(model: Any) -> None:
     """The service loads the decoder in bf16 (half the memory) and quantises that."""
     states, mask = _memory()
     tokens = _tokens(16)
-    reference = _ours(StaticCacheDecoder(copy.deepcopy(model), False, 64), tokens, states, mask)
-    half = copy.deepcopy(model)
-    half.decoder.to(torch.bfloat16)
-    decoder = StaticCacheDecoder(half, False, 64, int8=True)
+    reference = _fp32_logits(model, tokens, states, mask)
+    decoder = StaticCacheDecoder(_bf16_copy(model), False, 64, int8=True)
     assert decoder.precision == "int8" and decoder.dtype == torch.float32 and decoder._fused is not None
     ours = _ours(decoder, tokens, states, mask)
     assert _rel_err(ours, reference) < 0.08
@@ -244,9 +258,7 @@ def test_int8_from_bf16_runs_on_a_cpu_without_avx512_bf16(model: Any, monkeypatc
     states, mask = _memory()
     tokens = _tokens(8)
     reference = _ours(_in_precision(model, "int8"), tokens, states, mask)
-    half = copy.deepcopy(model)
-    half.decoder.to(torch.bfloat16)
-    decoder = StaticCacheDecoder(half, False, 64, int8=True)
+    decoder = StaticCacheDecoder(_bf16_copy(model), False, 64, int8=True)
     assert isinstance(decoder.heads, decoder_module.Dense) and decoder.heads.weight.dtype == torch.float32
     assert decoder._fused is not None
     ours = _ours(decoder, tokens, states, mask)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from motif.engine import kernels
 from motif.engine.kernel_cache import (
     UnsafeCacheError,
     build_digest,
@@ -27,6 +28,7 @@ from motif.engine.kernel_cache import (
 pytestmark = pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc")
 
 GOOD = "int answer(void) { return 42; }\n"
+WITH_HEADER = '#include "answer.h"\nint answer(void) { return ANSWER; }\n'
 EVIL = "int answer(void) { return 666; }\n"
 FLAGS = ["-O1", "-shared", "-fPIC"]
 OTHER_UID = 4242
@@ -160,3 +162,42 @@ def test_build_directories_a_killed_build_left_are_swept(tmp_path: Path) -> None
     os.utime(stale, (0, 0))
     assert _answer(_load(GOOD, root)) == 42
     assert not stale.exists() and fresh.exists()  # another process may be building in it now
+
+
+def test_a_header_is_compiled_beside_the_source_and_every_byte_of_it_is_in_the_key(tmp_path: Path) -> None:
+    root = tmp_path / "cache" / "kernels"
+
+    def load(header: str) -> ctypes.CDLL:
+        return load_or_build(WITH_HEADER, "test", _gcc(), FLAGS, root, headers={"answer.h": header})
+
+    assert _answer(load("#define ANSWER 42\n")) == 42
+    assert _answer(load("#define ANSWER 666\n")) == 666  # not the library cached from the first header
+    assert _answer(load("#define ANSWER 42 \n")) == 42  # one more byte: the same answer, but its own build
+    assert len(list(root.glob("test-*.so"))) == 3
+    assert _answer(load("#define ANSWER 42\n")) == 42 and len(list(root.glob("test-*.so"))) == 3  # reused
+    digests = {build_digest(WITH_HEADER, _gcc(), FLAGS, {name: "#define ANSWER 42\n"}) for name in ("a.h", "b.h")}
+    assert len(digests) == 2  # the name counts too: it is what the source includes
+
+
+@pytest.mark.parametrize("name", ["../answer.h", "/tmp/answer.h", "sub/answer.h", "..", "", "source.c"])
+def test_a_header_name_that_is_not_a_plain_file_name_is_refused(name: str, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="plain file name"):
+        load_or_build(WITH_HEADER, "test", _gcc(), FLAGS, tmp_path / "cache", headers={name: "#define ANSWER 1\n"})
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "answer.h").exists()
+
+
+def test_editing_the_kernels_shared_header_rebuilds_the_kernel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """kernels_common.h is part of both libraries' key: an edited header never reuses the library built before."""
+    for name in ("kernels_avx2.c", "kernels_common.h"):
+        shutil.copy(Path(kernels.__file__).with_name(name), tmp_path / name)
+    header = tmp_path / "kernels_common.h"
+    monkeypatch.setattr(kernels, "_COMMON_HEADER", header)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    built = tmp_path / "xdg" / "motif" / "kernels"
+    kernels._compile_and_bind(tmp_path / "kernels_avx2.c", kernels._AVX2_FLAGS)  # builds; loading runs nothing
+    (first,) = built.glob("kernels_avx2-*.so")
+    kernels._compile_and_bind(tmp_path / "kernels_avx2.c", kernels._AVX2_FLAGS)
+    assert list(built.glob("kernels_avx2-*.so")) == [first]  # unchanged: the cached library
+    header.write_text(header.read_text().replace("enum { STORE = 0", "enum { STORE = 0 /* edited */", 1))
+    library = kernels._compile_and_bind(tmp_path / "kernels_avx2.c", kernels._AVX2_FLAGS)
+    assert len(list(built.glob("kernels_avx2-*.so"))) == 2 and Path(library._name) != first  # a new build

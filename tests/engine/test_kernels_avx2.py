@@ -22,7 +22,7 @@ from torch import nn
 from motif.config import Settings
 from motif.engine import cpuops, kernels
 from motif.engine.decoder import StaticCacheDecoder
-from tests.engine.test_decoder import _memory, _ours, _rel_err, _tokens
+from tests.engine.test_decoder import _fp32_logits, _fused_and_layered_logits, _memory, _ours, _rel_err, _tokens
 from tests.engine.test_decoder import model as model  # noqa: F401 - the tiny MusicGen fixture
 
 AVX2_REASON = kernels.kernel_error("avx2") or "no AVX2+FMA CPU or no gcc"
@@ -99,7 +99,7 @@ def test_avx2_int8_stays_close_to_fp32(model: Any, avx2_path: None) -> None:
     """The bounds test_decoder's int8 test applies (and the bench's fidelity stage measures)."""
     states, mask = _memory()
     tokens = _tokens(24)
-    reference = _ours(StaticCacheDecoder(copy.deepcopy(model), False, 64), tokens, states, mask)
+    reference = _fp32_logits(model, tokens, states, mask)
     ours = _ours(_int8_decoder(model), tokens, states, mask)
     assert _rel_err(ours, reference) < 0.08
     assert (ours.argmax(-1) == reference.argmax(-1)).float().mean() > 0.85
@@ -107,17 +107,9 @@ def test_avx2_int8_stays_close_to_fp32(model: Any, avx2_path: None) -> None:
 
 @needs_avx2
 def test_avx2_fused_step_matches_its_layer_by_layer_step(model: Any, avx2_path: None) -> None:
-    states, mask = _memory()
-    fused, layered = _int8_decoder(model), _int8_decoder(model)
-    layered._fused = None
-    logits = {}
-    for name, decoder in (("fused", fused), ("layered", layered)):
-        decoder.reserve(2)
-        decoder.prefill(0, _tokens(3), states, mask)
-        decoder.prefill(1, _tokens(6, seed=7), *_memory(7, seed=5))
-        logits[name] = torch.stack([decoder.step(torch.stack([_tokens(1, seed=t)[:, 0]] * 2)) for t in range(6)])
-    assert _rel_err(logits["fused"], logits["layered"]) < 1e-3
-    assert torch.equal(logits["fused"].argmax(-1), logits["layered"].argmax(-1))
+    fused, layered = _fused_and_layered_logits(_int8_decoder(model), _int8_decoder(model))
+    assert _rel_err(fused, layered) < 1e-3
+    assert torch.equal(fused.argmax(-1), layered.argmax(-1))
 
 
 @needs_avx2

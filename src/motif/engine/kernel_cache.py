@@ -2,18 +2,20 @@
 
 The cache lives in `$XDG_CACHE_HOME/motif/kernels` (default `~/.cache/motif/kernels`), directories 0700.
 A library is named after what it was built from and what it contains, `<stem>-<build digest>-<sha256>.so`
-(build digest: source text, compiler and flags). Before dlopen the file is opened once (no symlinks),
-checked (regular file, owned by this user, not group- or world-writable, in a directory that passes the
-same checks) and hashed, then loaded by its path if that is still the inode checked. A file that fails a
+(build digest: source text, the headers it includes, compiler and flags). Before dlopen the file is opened once
+(no symlinks), checked (regular file, owned by this user, not group- or world-writable, in a directory that passes
+the same checks) and hashed, then loaded by its path if that is still the inode checked. A file that fails a
 check is logged with the reason and removed (the directory is ours), then the library is rebuilt; a
 directory we do not own refuses the cache outright.
-Builds write into a mkdtemp directory and land with one atomic rename.
+Builds write the source and its headers into a mkdtemp directory (the compiler reads nothing else of ours:
+`#include "name.h"` finds the copy beside the source) and land with one atomic rename.
 """
 
 from __future__ import annotations
 
 import ctypes
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -21,6 +23,7 @@ import stat
 import subprocess
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -43,25 +46,33 @@ def cache_root() -> Path:
     return base / "motif" / "kernels"
 
 
-def build_digest(source: str, compiler: str, flags: list[str]) -> str:
-    """16 hex characters naming what a library was built from."""
-    return hashlib.sha256("\0".join([source, compiler, *flags]).encode()).hexdigest()[:16]
+def build_digest(source: str, compiler: str, flags: list[str], headers: Mapping[str, str] | None = None) -> str:
+    """16 hex characters naming what a library was built from: any byte of the source, of a header's name or
+    text, of the compiler or of a flag changes them."""
+    built_from = json.dumps([source, compiler, flags, sorted((headers or {}).items())])  # unambiguous joins
+    return hashlib.sha256(built_from.encode()).hexdigest()[:16]
 
 
-def load_or_build(source: str, stem: str, compiler: str, flags: list[str], root: Path | None = None) -> ctypes.CDLL:
+def load_or_build(source: str, stem: str, compiler: str, flags: list[str], root: Path | None = None,
+                  headers: Mapping[str, str] | None = None) -> ctypes.CDLL:  # fmt: skip
     """The library built from `source` with `compiler flags`, from the cache when a trusted copy is there.
 
-    Raises UnsafeCacheError (cache directory not trustworthy), RuntimeError (the compiler failed),
-    OSError, subprocess.TimeoutExpired.
+    headers: file name -> text of each header the source includes as `#include "name"`, written beside it.
+    Raises ValueError (a header name that is not a plain file name), UnsafeCacheError (cache directory not
+    trustworthy), RuntimeError (the compiler failed), OSError, subprocess.TimeoutExpired.
     """
+    headers = dict(headers or {})
+    for name in headers:
+        if name in ("", ".", "..", "source.c", "library.so") or Path(name).name != name:
+            raise ValueError(f"header name {name!r} must be a plain file name")
     directory = private_dir(root or cache_root())
-    prefix = f"{stem}-{build_digest(source, compiler, flags)}-"
+    prefix = f"{stem}-{build_digest(source, compiler, flags, headers)}-"
     for path in sorted(directory.glob(prefix + "*.so")):
         library = _load_verified(path, prefix)
         if library is not None:
             return library
     _sweep_stale_builds(directory)
-    path = _build(source, directory, prefix, compiler, flags)
+    path = _build(source, headers, directory, prefix, compiler, flags)
     library = _load_verified(path, prefix)
     if library is None:
         raise UnsafeCacheError(f"the library just built at {path} failed its own checks")
@@ -139,10 +150,13 @@ def _sweep_stale_builds(directory: Path) -> None:
             shutil.rmtree(stale, ignore_errors=True)
 
 
-def _build(source: str, directory: Path, prefix: str, compiler: str, flags: list[str]) -> Path:
+def _build(source: str, headers: dict[str, str], directory: Path, prefix: str, compiler: str,
+           flags: list[str]) -> Path:  # fmt: skip
     """Compile in a private temp directory, then rename into the cache under its content hash."""
     work = Path(tempfile.mkdtemp(dir=directory, prefix=".build-"))
     try:
+        for name, text in headers.items():  # the very text the digest covers, not the file as it is now
+            (work / name).write_text(text)
         source_path = work / "source.c"
         source_path.write_text(source)
         output = work / "library.so"

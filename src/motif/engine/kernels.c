@@ -8,11 +8,10 @@
 #include <math.h>
 #include <stdint.h>
 
-enum { STORE = 0, ACCUMULATE = 1, GELU = 2 }; /* what a projection does with its output */
+#include "kernels_common.h" /* the structs, entry points and threading kernels_avx2.c shares */
 
 /* ------------------------------------------------------------------------------------------- helpers */
 
-/* Row of K floats (K a multiple of 16) -> K int16 with x ~= scale * q, symmetric. Returns scale. */
 static float quantize_row16(const float *x, int64_t K, int16_t *q) {
     __m512 vmax = _mm512_setzero_ps();
     for (int64_t k = 0; k < K; k += 16) vmax = _mm512_max_ps(vmax, _mm512_abs_ps(_mm512_loadu_ps(x + k)));
@@ -25,12 +24,6 @@ static float quantize_row16(const float *x, int64_t K, int16_t *q) {
         _mm256_storeu_si256((__m256i *)(q + k), _mm512_cvtsepi32_epi16(r));
     }
     return scale;
-}
-
-/* Rows of x (M, K) -> qbuf and xscale, shared out over the threads of an enclosing parallel region. */
-static void quantize_rows(const float *x, int64_t M, int64_t K, int16_t *qbuf, float *xscale) {
-    #pragma omp for schedule(static)
-    for (int64_t m = 0; m < M; m++) xscale[m] = quantize_row16(x + m * K, K, qbuf + m * K);
 }
 
 /* exp(x) for x <= 0 (cephes expf: range reduction by ln 2, degree-5 polynomial); about 1 ulp. */
@@ -113,10 +106,13 @@ static inline __attribute__((always_inline)) void tile16(
         }
 }
 
+/* Every tile shape, MM (1-4) rows x NB (1-4) blocks, as the cases of a switch on MM * 8 + NB: each case is
+   a tile16 or tile_bf16 compiled for that shape, with its loops fully unrolled. */
+#define TILE_SHAPES(CASE) CASE(1, 1) CASE(1, 2) CASE(1, 3) CASE(1, 4) CASE(2, 1) CASE(2, 2) CASE(2, 3) CASE(2, 4) \
+                          CASE(3, 1) CASE(3, 2) CASE(3, 3) CASE(3, 4) CASE(4, 1) CASE(4, 2) CASE(4, 3) CASE(4, 4)
 #define TILE16_CASE(MM, NB) case (MM) * 8 + (NB): tile16(xq, K, G, w, ws, xs, ym, N, mode, MM, NB); break;
 
-/* The tiles of one projection, shared out over the threads of an enclosing parallel region.
-   y (M, N) float32 gets (x (M, K) as xq * xscale) times the packed weight, as `mode` says. */
+/* Each thread takes whole tiles of 4 blocks (the last may hold fewer) and runs them over 4 rows at a time. */
 static void linear_tiles(const int16_t *qbuf, const float *xscale, int64_t M, int64_t K, int64_t G,
                          const int8_t *packed, const float *scales, int64_t N, float *y, int mode) {
     int64_t n_blocks = N / 16, n_tiles = (n_blocks + 3) / 4;
@@ -131,24 +127,8 @@ static void linear_tiles(const int16_t *qbuf, const float *xscale, int64_t M, in
             const int16_t *xq = qbuf + m0 * K;
             const float *xs = xscale + m0;
             float *ym = y + m0 * N + b0 * 16;
-            switch (mm * 8 + nb) {
-                TILE16_CASE(1, 1) TILE16_CASE(1, 2) TILE16_CASE(1, 3) TILE16_CASE(1, 4)
-                TILE16_CASE(2, 1) TILE16_CASE(2, 2) TILE16_CASE(2, 3) TILE16_CASE(2, 4)
-                TILE16_CASE(3, 1) TILE16_CASE(3, 2) TILE16_CASE(3, 3) TILE16_CASE(3, 4)
-                TILE16_CASE(4, 1) TILE16_CASE(4, 2) TILE16_CASE(4, 3) TILE16_CASE(4, 4)
-            }
+            switch (mm * 8 + nb) { TILE_SHAPES(TILE16_CASE) }
         }
-    }
-}
-
-/* y (M, N) float32 = x (M, K) float32 times the packed int8 weight with a scale per channel and G inputs
-   (G even, at most 128, dividing K; K a multiple of 16). qbuf: M*K int16 of workspace; xscale: M floats. */
-void w8a16_linear(const float *x, int64_t M, int64_t K, int64_t G, const int8_t *packed, const float *scales,
-                  int64_t N, float *y, int16_t *qbuf, float *xscale, int n_threads) {
-    #pragma omp parallel num_threads(n_threads)
-    {
-        quantize_rows(x, M, K, qbuf, xscale); /* ends in a barrier: every row is ready for the tiles */
-        linear_tiles(qbuf, xscale, M, K, G, packed, scales, N, y, STORE);
     }
 }
 
@@ -188,12 +168,7 @@ void bf16_linear(const uint16_t *x, int64_t M, int64_t K, const uint16_t *packed
             int mm = (int)(M - m0 < 4 ? M - m0 : 4);
             const uint16_t *xm = x + m0 * K;
             float *ym = y + m0 * N + b0 * 16;
-            switch (mm * 8 + nb) {
-                TILE_BF16_CASE(1, 1) TILE_BF16_CASE(1, 2) TILE_BF16_CASE(1, 3) TILE_BF16_CASE(1, 4)
-                TILE_BF16_CASE(2, 1) TILE_BF16_CASE(2, 2) TILE_BF16_CASE(2, 3) TILE_BF16_CASE(2, 4)
-                TILE_BF16_CASE(3, 1) TILE_BF16_CASE(3, 2) TILE_BF16_CASE(3, 3) TILE_BF16_CASE(3, 4)
-                TILE_BF16_CASE(4, 1) TILE_BF16_CASE(4, 2) TILE_BF16_CASE(4, 3) TILE_BF16_CASE(4, 4)
-            }
+            switch (mm * 8 + nb) { TILE_SHAPES(TILE_BF16_CASE) }
         }
     }
 }
@@ -217,8 +192,7 @@ static inline __m512 sum16(__m512 v[16]) {
                          _mm512_shuffle_f32x4(w0, w1, _MM_SHUFFLE(3, 1, 3, 1)));
 }
 
-/* One query q (D floats) against keys/values kp, vp (positions, D) bf16, keys j < span where okr[j].
-   Scores are computed sixteen keys at a time (keys past span are never read); masked keys contribute
+/* Scores are computed sixteen keys at a time (keys past span are never read); masked keys contribute
    exact zeros, and sums run over 16-key blocks from position 0, so the result does not depend on span
    beyond the row's own keys. */
 static void attend(const float *qp, const uint16_t *kp, const uint16_t *vp, const uint8_t *okr, int64_t span,
@@ -263,40 +237,8 @@ static void attend(const float *qp, const uint16_t *kp, const uint16_t *vp, cons
     for (int64_t d = 0; d < D / 16; d++) _mm512_storeu_ps(out + d * 16, _mm512_mul_ps(acc[d], inv));
 }
 
-/* q (R, H, D) float32; caches (slots, H, capacity, D) bf16; ok (R, ok_stride) bytes; out (R, H, D). */
-void decode_attention(const float *q, int64_t R, int64_t H, int64_t D, const uint16_t *kc, const uint16_t *vc,
-                      int64_t slot_stride, int64_t head_stride, const uint8_t *ok, int64_t ok_stride, int64_t span,
-                      float scale, float *out, int n_threads) {
-    #pragma omp parallel for schedule(static) num_threads(n_threads)
-    for (int64_t p = 0; p < R * H; p++) {
-        int64_t r = p / H, h = p % H;
-        attend(q + p * D, kc + r * slot_stride + h * head_stride, vc + r * slot_stride + h * head_stride,
-               ok + r * ok_stride, span, D, scale, out + p * D);
-    }
-}
+/* -------------------------------------------------------------- norms and the key/value cache */
 
-/* ------------------------------------------------------------------------- the whole decode step */
-
-typedef struct { const int8_t *w; const float *scales; int64_t K, G, N; } Proj; /* an int8 projection */
-typedef struct { const float *weight, *bias; float eps; } Norm;
-typedef struct { Norm ln1, ln_cross, ln2; Proj qkv, out, cross_q, cross_out, fc1, fc2; } Layer;
-
-typedef struct {
-    int64_t R, H, D, ffn;                     /* rows, heads, head_dim, fc1 width */
-    const int64_t *pos;                       /* (R,) the position each row writes its key and value at */
-    const uint8_t *ok; int64_t ok_stride;     /* (R, >= span) keys each row may attend to */
-    int64_t span;                             /* keys 0..span-1 are candidates */
-    int64_t slot_stride, head_stride;         /* of the self-attention caches (slots, H, capacity, D) */
-    int64_t n_cross;                          /* cross-attention keys; 0: no cross-attention (melody) */
-    const uint8_t *cross_ok; int64_t cross_ok_stride;
-    int64_t cross_slot_stride, cross_head_stride;
-    float scale;                              /* softmax scale, 1/sqrt(D) */
-    float *x;                                 /* (R, H*D) the residual stream, updated in place */
-    float *tmp, *att, *buf;                   /* (R, H*D), (R, H*D), (R, max(3 H*D, ffn)) workspace */
-    int16_t *qbuf; float *xscale;             /* (R, max(H*D, ffn)), (R,) workspace */
-} Step;
-
-/* LayerNorm of each row (float32, biased variance, as torch) quantised to int16 for the next projection. */
 static void norm_rows(const float *x, int64_t M, int64_t E, const Norm *n, float *tmp, int16_t *qbuf, float *xscale) {
     #pragma omp for schedule(static)
     for (int64_t m = 0; m < M; m++) {
@@ -319,69 +261,12 @@ static void norm_rows(const float *x, int64_t M, int64_t E, const Norm *n, float
     }
 }
 
-static void project(const Step *s, const Proj *p, float *y, int mode) {
-    linear_tiles(s->qbuf, s->xscale, s->R, p->K, p->G, p->w, p->scales, p->N, y, mode);
-}
-
-/* float32 -> bf16 rounding to nearest even, as torch's .to(bfloat16) does, in integer AVX-512F (no BF16
-   instruction, so the fused step runs on VNNI CPUs without AVX512-BF16). Values here are never NaN. */
+/* In integer AVX-512F (no BF16 instruction, so the fused step runs on VNNI CPUs without AVX512-BF16). */
 static void store_bf16(const float *x, int64_t D, uint16_t *dst) {
     for (int64_t d = 0; d < D; d += 16) {
         __m512i bits = _mm512_castps_si512(_mm512_loadu_ps(x + d));
         __m512i odd = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
         bits = _mm512_add_epi32(bits, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7FFF)));
         _mm256_storeu_si256((__m256i *)(dst + d), _mm512_cvtepi32_epi16(_mm512_srli_epi32(bits, 16)));
-    }
-}
-
-static void self_attention(const Step *s, uint16_t *kc, uint16_t *vc) {
-    int64_t E = s->H * s->D;
-    #pragma omp for schedule(static)
-    for (int64_t p = 0; p < s->R * s->H; p++) {
-        int64_t r = p / s->H, h = p % s->H;
-        const float *qkv = s->buf + r * 3 * E + h * s->D;
-        uint16_t *kp = kc + r * s->slot_stride + h * s->head_stride, *vp = vc + r * s->slot_stride + h * s->head_stride;
-        store_bf16(qkv + E, s->D, kp + s->pos[r] * s->D);
-        store_bf16(qkv + 2 * E, s->D, vp + s->pos[r] * s->D);
-        attend(qkv, kp, vp, s->ok + r * s->ok_stride, s->span, s->D, s->scale, s->att + r * E + h * s->D);
-    }
-}
-
-static void cross_attention(const Step *s, const uint16_t *kc, const uint16_t *vc) {
-    int64_t E = s->H * s->D;
-    #pragma omp for schedule(static)
-    for (int64_t p = 0; p < s->R * s->H; p++) {
-        int64_t r = p / s->H, h = p % s->H;
-        attend(s->buf + r * E + h * s->D, kc + r * s->cross_slot_stride + h * s->cross_head_stride,
-               vc + r * s->cross_slot_stride + h * s->cross_head_stride, s->cross_ok + r * s->cross_ok_stride,
-               s->n_cross, s->D, s->scale, s->att + r * E + h * s->D);
-    }
-}
-
-/* Every decoder layer for one new position per row, in one parallel region (a barrier between stages
-   instead of a torch op, a ctypes call and a thread wake-up each). Same arithmetic as the layer-by-layer
-   path with Int8Linear projections, up to float rounding in the norms and GELU (about 1e-7). */
-void decoder_step(const Layer *layers, int64_t n_layers, uint16_t *const *k, uint16_t *const *v,
-                  const uint16_t *const *cross_k, const uint16_t *const *cross_v, const Step *s, int n_threads) {
-    int64_t E = s->H * s->D;
-    #pragma omp parallel num_threads(n_threads)
-    for (int64_t l = 0; l < n_layers; l++) {
-        const Layer *L = layers + l;
-        norm_rows(s->x, s->R, E, &L->ln1, s->tmp, s->qbuf, s->xscale);
-        project(s, &L->qkv, s->buf, STORE);
-        self_attention(s, k[l], v[l]);
-        quantize_rows(s->att, s->R, E, s->qbuf, s->xscale);
-        project(s, &L->out, s->x, ACCUMULATE);
-        if (s->n_cross > 0) {
-            norm_rows(s->x, s->R, E, &L->ln_cross, s->tmp, s->qbuf, s->xscale);
-            project(s, &L->cross_q, s->buf, STORE);
-            cross_attention(s, cross_k[l], cross_v[l]);
-            quantize_rows(s->att, s->R, E, s->qbuf, s->xscale);
-            project(s, &L->cross_out, s->x, ACCUMULATE);
-        }
-        norm_rows(s->x, s->R, E, &L->ln2, s->tmp, s->qbuf, s->xscale);
-        project(s, &L->fc1, s->buf, GELU);
-        quantize_rows(s->buf, s->R, s->ffn, s->qbuf, s->xscale);
-        project(s, &L->fc2, s->x, ACCUMULATE);
     }
 }

@@ -18,6 +18,7 @@ thread pool instead of fighting over two cores.
 - `decode_attention`: one query per (row, head) against that row's bf16 keys/values, float32 softmax.
 - `decoder_step`: all decoder layers of one int8 decode step in one call (see motif.engine.fused).
 Weights are streamed once per call in tiles of 4 x 16 output channels, so 1-8 rows cost one weight read.
+Both sources include kernels_common.h (structs, entry-point glue, threading), compiled in beside them.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ _FLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni", "-mavx
           "-fPIC"]  # fmt: skip
 _AVX2_SOURCE_FILE = Path(__file__).with_name("kernels_avx2.c")
 _AVX2_FLAGS = ["-O3", "-mavx2", "-mfma", "-fopenmp", "-shared", "-fPIC"]  # nothing AVX-512 may be emitted
+_COMMON_HEADER = Path(__file__).with_name("kernels_common.h")  # included by both sources
 CPU_PATHS = ("auto", "avx512", "avx2", "torch")  # the CPU_PATH setting's values
 _lock = threading.Lock()
 _libraries: dict[str, ctypes.CDLL | None] = {}  # per path, once built or found impossible
@@ -135,7 +137,8 @@ def _compile_and_bind(source_file: Path, flags: list[str]) -> ctypes.CDLL:
     compiler = shutil.which("gcc") or shutil.which("cc")
     if compiler is None:
         raise RuntimeError("no C compiler (gcc) on PATH")
-    library = load_or_build(source_file.read_text(), source_file.stem, compiler, flags)
+    headers = {_COMMON_HEADER.name: _COMMON_HEADER.read_text()}
+    library = load_or_build(source_file.read_text(), source_file.stem, compiler, flags, headers=headers)
     library.decode_attention.restype = None
     library.decode_attention.argtypes = [
         ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p,

@@ -10,7 +10,7 @@
 #include <math.h>
 #include <stdint.h>
 
-enum { STORE = 0, ACCUMULATE = 1, GELU = 2 }; /* what a projection does with its output */
+#include "kernels_common.h" /* the structs, entry points and threading kernels.c shares */
 
 /* ------------------------------------------------------------------------------------------- helpers */
 
@@ -30,8 +30,8 @@ static inline float hsum8(__m256 v) {
 
 static inline __m256 abs8(__m256 v) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), v); }
 
-/* Row of K floats (K a multiple of 16) -> K int16 with x ~= scale * q, symmetric. Returns scale. Same rounding
-   (to nearest even) and saturation as kernels.c, so both libraries quantise a row to the same int16. */
+/* Same rounding (to nearest even) and saturation as kernels.c, so both libraries quantise a row to the same
+   int16. */
 static float quantize_row16(const float *x, int64_t K, int16_t *q) {
     __m256 vmax = _mm256_setzero_ps();
     for (int64_t k = 0; k < K; k += 8) vmax = _mm256_max_ps(vmax, abs8(_mm256_loadu_ps(x + k)));
@@ -47,11 +47,6 @@ static float quantize_row16(const float *x, int64_t K, int16_t *q) {
     return scale;
 }
 
-/* Rows of x (M, K) -> qbuf and xscale, shared out over the threads of an enclosing parallel region. */
-static void quantize_rows(const float *x, int64_t M, int64_t K, int16_t *qbuf, float *xscale) {
-    #pragma omp for schedule(static)
-    for (int64_t m = 0; m < M; m++) xscale[m] = quantize_row16(x + m * K, K, qbuf + m * K);
-}
 
 /* exp(x) for x <= 0 (cephes expf: range reduction by ln 2, degree-5 polynomial); about 1 ulp. */
 static inline __m256 exp_nonpositive(__m256 x) {
@@ -153,8 +148,7 @@ static void tile_part(const int16_t *xq, const float *xs, int64_t K, int64_t G, 
         }
 }
 
-/* The tiles of one projection, shared out over the threads of an enclosing parallel region.
-   y (M, N) float32 gets (x (M, K) as xq * xscale) times the packed weight, as `mode` says. */
+/* Each thread takes whole tiles of 4 blocks and runs them over pairs of rows and pairs of blocks. */
 static void linear_tiles(const int16_t *qbuf, const float *xscale, int64_t M, int64_t K, int64_t G,
                          const int8_t *packed, const float *scales, int64_t N, float *y, int mode) {
     int64_t n_blocks = N / 16, n_tiles = (n_blocks + 3) / 4;
@@ -173,16 +167,6 @@ static void linear_tiles(const int16_t *qbuf, const float *xscale, int64_t M, in
     }
 }
 
-/* y (M, N) float32 = x (M, K) float32 times the packed int8 weight with a scale per channel and G inputs
-   (G even, at most 128, dividing K; K a multiple of 16). qbuf: M*K int16 of workspace; xscale: M floats. */
-void w8a16_linear(const float *x, int64_t M, int64_t K, int64_t G, const int8_t *packed, const float *scales,
-                  int64_t N, float *y, int16_t *qbuf, float *xscale, int n_threads) {
-    #pragma omp parallel num_threads(n_threads)
-    {
-        quantize_rows(x, M, K, qbuf, xscale); /* ends in a barrier: every row is ready for the tiles */
-        linear_tiles(qbuf, xscale, M, K, G, packed, scales, N, y, STORE);
-    }
-}
 
 /* ------------------------------------------------------------------------------------- attention */
 
@@ -194,8 +178,7 @@ static inline __m256 sum8(const __m256 v[8]) {
     return _mm256_add_ps(_mm256_permute2f128_ps(ab, cd, 0x20), _mm256_permute2f128_ps(ab, cd, 0x31));
 }
 
-/* One query q (D floats, D a multiple of 16 up to 128) against keys/values kp, vp (positions, D) bf16, keys
-   j < span where okr[j]. Keys past span are never read; masked keys contribute exact zeros. */
+/* D a multiple of 16 up to 128. Masked keys contribute exact zeros. */
 static void attend(const float *qp, const uint16_t *kp, const uint16_t *vp, const uint8_t *okr, int64_t span,
                    int64_t D, float scale, float *out) {
     int64_t padded = (span + 7) / 8 * 8;
@@ -238,41 +221,8 @@ static void attend(const float *qp, const uint16_t *kp, const uint16_t *vp, cons
     for (int64_t d = 0; d < D / 8; d++) _mm256_storeu_ps(out + d * 8, _mm256_mul_ps(acc[d], inv));
 }
 
-/* q (R, H, D) float32; caches (slots, H, capacity, D) bf16; ok (R, ok_stride) bytes; out (R, H, D). */
-void decode_attention(const float *q, int64_t R, int64_t H, int64_t D, const uint16_t *kc, const uint16_t *vc,
-                      int64_t slot_stride, int64_t head_stride, const uint8_t *ok, int64_t ok_stride, int64_t span,
-                      float scale, float *out, int n_threads) {
-    #pragma omp parallel for schedule(static) num_threads(n_threads)
-    for (int64_t p = 0; p < R * H; p++) {
-        int64_t r = p / H, h = p % H;
-        attend(q + p * D, kc + r * slot_stride + h * head_stride, vc + r * slot_stride + h * head_stride,
-               ok + r * ok_stride, span, D, scale, out + p * D);
-    }
-}
+/* -------------------------------------------------------------- norms and the key/value cache */
 
-/* ------------------------------------------------------------------------- the whole decode step */
-
-/* The same structs as kernels.c: motif.engine.fused fills them for either library. */
-typedef struct { const int8_t *w; const float *scales; int64_t K, G, N; } Proj;
-typedef struct { const float *weight, *bias; float eps; } Norm;
-typedef struct { Norm ln1, ln_cross, ln2; Proj qkv, out, cross_q, cross_out, fc1, fc2; } Layer;
-
-typedef struct {
-    int64_t R, H, D, ffn;
-    const int64_t *pos;
-    const uint8_t *ok; int64_t ok_stride;
-    int64_t span;
-    int64_t slot_stride, head_stride;
-    int64_t n_cross;
-    const uint8_t *cross_ok; int64_t cross_ok_stride;
-    int64_t cross_slot_stride, cross_head_stride;
-    float scale;
-    float *x;
-    float *tmp, *att, *buf;
-    int16_t *qbuf; float *xscale;
-} Step;
-
-/* LayerNorm of each row (float32, biased variance, as torch) quantised to int16 for the next projection. */
 static void norm_rows(const float *x, int64_t M, int64_t E, const Norm *n, float *tmp, int16_t *qbuf, float *xscale) {
     #pragma omp for schedule(static)
     for (int64_t m = 0; m < M; m++) {
@@ -295,11 +245,6 @@ static void norm_rows(const float *x, int64_t M, int64_t E, const Norm *n, float
     }
 }
 
-static void project(const Step *s, const Proj *p, float *y, int mode) {
-    linear_tiles(s->qbuf, s->xscale, s->R, p->K, p->G, p->w, p->scales, p->N, y, mode);
-}
-
-/* float32 -> bf16 rounding to nearest even, as torch's .to(bfloat16) does. Values here are never NaN. */
 static void store_bf16(const float *x, int64_t D, uint16_t *dst) {
     __m256i one = _mm256_set1_epi32(1), bias = _mm256_set1_epi32(0x7FFF);
     for (int64_t d = 0; d < D; d += 16) {
@@ -314,52 +259,3 @@ static void store_bf16(const float *x, int64_t D, uint16_t *dst) {
     }
 }
 
-static void self_attention(const Step *s, uint16_t *kc, uint16_t *vc) {
-    int64_t E = s->H * s->D;
-    #pragma omp for schedule(static)
-    for (int64_t p = 0; p < s->R * s->H; p++) {
-        int64_t r = p / s->H, h = p % s->H;
-        const float *qkv = s->buf + r * 3 * E + h * s->D;
-        uint16_t *kp = kc + r * s->slot_stride + h * s->head_stride, *vp = vc + r * s->slot_stride + h * s->head_stride;
-        store_bf16(qkv + E, s->D, kp + s->pos[r] * s->D);
-        store_bf16(qkv + 2 * E, s->D, vp + s->pos[r] * s->D);
-        attend(qkv, kp, vp, s->ok + r * s->ok_stride, s->span, s->D, s->scale, s->att + r * E + h * s->D);
-    }
-}
-
-static void cross_attention(const Step *s, const uint16_t *kc, const uint16_t *vc) {
-    int64_t E = s->H * s->D;
-    #pragma omp for schedule(static)
-    for (int64_t p = 0; p < s->R * s->H; p++) {
-        int64_t r = p / s->H, h = p % s->H;
-        attend(s->buf + r * E + h * s->D, kc + r * s->cross_slot_stride + h * s->cross_head_stride,
-               vc + r * s->cross_slot_stride + h * s->cross_head_stride, s->cross_ok + r * s->cross_ok_stride,
-               s->n_cross, s->D, s->scale, s->att + r * E + h * s->D);
-    }
-}
-
-/* Every decoder layer for one new position per row, in one parallel region (see kernels.c). */
-void decoder_step(const Layer *layers, int64_t n_layers, uint16_t *const *k, uint16_t *const *v,
-                  const uint16_t *const *cross_k, const uint16_t *const *cross_v, const Step *s, int n_threads) {
-    int64_t E = s->H * s->D;
-    #pragma omp parallel num_threads(n_threads)
-    for (int64_t l = 0; l < n_layers; l++) {
-        const Layer *L = layers + l;
-        norm_rows(s->x, s->R, E, &L->ln1, s->tmp, s->qbuf, s->xscale);
-        project(s, &L->qkv, s->buf, STORE);
-        self_attention(s, k[l], v[l]);
-        quantize_rows(s->att, s->R, E, s->qbuf, s->xscale);
-        project(s, &L->out, s->x, ACCUMULATE);
-        if (s->n_cross > 0) {
-            norm_rows(s->x, s->R, E, &L->ln_cross, s->tmp, s->qbuf, s->xscale);
-            project(s, &L->cross_q, s->buf, STORE);
-            cross_attention(s, cross_k[l], cross_v[l]);
-            quantize_rows(s->att, s->R, E, s->qbuf, s->xscale);
-            project(s, &L->cross_out, s->x, ACCUMULATE);
-        }
-        norm_rows(s->x, s->R, E, &L->ln2, s->tmp, s->qbuf, s->xscale);
-        project(s, &L->fc1, s->buf, GELU);
-        quantize_rows(s->buf, s->R, s->ffn, s->qbuf, s->xscale);
-        project(s, &L->fc2, s->x, ACCUMULATE);
-    }
-}
