@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from motif.engine.chroma import melody_chroma
-from motif.engine.codec import as_channels, encode_prompt, render_codes
+from motif.engine.codec import PromptCodes, as_channels, render_codes
 from motif.engine.decoder import StaticCacheDecoder
 from motif.engine.models import LoadedGenerator
 from motif.engine.patterns import Window, codebook_delays, delay_pattern, sample_next, undelay
@@ -108,6 +108,7 @@ class MusicGenerator:
         prefix = self.model.config.chroma_length + 256 if loaded.is_melody else 0
         max_len = window_frames + self.n_codebooks + prefix + 2
         self.decoder = StaticCacheDecoder(self.model, loaded.is_melody, max_len, int8=int8)
+        self.prompt_codes = PromptCodes(self.model.audio_encoder, self.n_channels, self.device)
         # Rendering, normalising and embedding a finished job run here, not between two decode steps.
         self._finisher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="motif-finish")
 
@@ -308,8 +309,8 @@ class MusicGenerator:
         return (cond, prefix_ok), (uncond, prefix_ok)
 
     def _encode_audio(self, audio: np.ndarray) -> torch.Tensor:
-        """(samples,) or (samples, channels) at 32 kHz -> (K, frames) codes for this model's channels."""
-        return encode_prompt(self.model.audio_encoder, audio, self.n_channels, self.device)
+        """(samples,) or (samples, channels) at 32 kHz -> (K, frames) codes for this model's channels (cached)."""
+        return self.prompt_codes.encode(audio)
 
     def _render(self, state: _Active) -> np.ndarray:
         """Generated frames (with a little prompt context) -> (samples,) or (samples, 2) float32 at 32 kHz."""
