@@ -383,3 +383,23 @@ def test_attention_kernel_matches_sdpa_on_the_same_bf16_cache() -> None:
         scale=0.125,
     )[:, :, 0]  # fmt: skip
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("precision", ["fp32", pytest.param("int8", marks=needs_kernel)])
+def test_rows_prefilled_together_match_rows_prefilled_one_by_one(model: Any, precision: str) -> None:
+    """CFG's two rows are prefilled in one pass (conditional and unconditional memory); each row's logits and
+    cache are those of its own prefill, up to matmul rounding."""
+    states, mask = _memory()
+    tokens = _tokens(decoder_module.WIDE_PREFILL_ROWS + 8)  # long enough for the int8 path's bf16 matmuls
+    conditions = [(states, mask), (torch.zeros_like(states), mask)]
+    together, apart = (StaticCacheDecoder(copy.deepcopy(model), False, 128, int8=precision == "int8") for _ in range(2))
+    together.reserve(2)
+    apart.reserve(2)
+    both = together.prefill_rows(0, tokens, conditions)
+    one_by_one = torch.stack([apart.prefill(row, tokens, *conditions[row]) for row in range(2)])
+    assert _rel_err(both, one_by_one) < 1e-3
+    assert torch.equal(both.argmax(-1), one_by_one.argmax(-1))
+    assert together.lengths[:2] == apart.lengths[:2] == [tokens.shape[1]] * 2
+    torch.testing.assert_close(together._k[1][:2].float(), apart._k[1][:2].float(), rtol=0.02, atol=0.02)
+    step = torch.stack([_tokens(1, seed=9)[:, 0]] * 2)
+    assert _rel_err(together.step(step), apart.step(step)) < 1e-3

@@ -245,10 +245,9 @@ class MusicGenerator:
         state.window = window = delay_pattern(prompt, prompt.shape[1] + n_new, self.delays)
         inputs = window.seq[:, : window.n_prompt + 1]
         cond, uncond = self._conditioning(state, max(0, n_generated - prompt.shape[1]))
-        logits_c = self.decoder.prefill(state.slot, inputs, *cond)
-        logits_u = self.decoder.prefill(state.slot + 1, inputs, *uncond) if state.n_rows == 2 else None
+        logits = self.decoder.prefill_rows(state.slot, inputs, [cond, uncond][: state.n_rows])
         window.pos = window.n_prompt
-        self._advance(state, logits_c, logits_u)
+        self._advance(state, logits[0], logits[1] if state.n_rows == 2 else None)
 
     def _advance(self, state: _Active, logits_c: torch.Tensor, logits_u: torch.Tensor | None) -> bool:
         """Sample the next position from the logits; returns True when the whole task is done."""
