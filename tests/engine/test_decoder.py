@@ -26,6 +26,10 @@ PAD = 2048
 needs_kernel = pytest.mark.skipif(
     kernels.load_kernel("avx512") is None, reason=f"CPU path avx512 NOT TESTED: {kernels.kernel_error('avx512')}"
 )
+needs_wide_prefill = pytest.mark.skipif(
+    not (kernels.has_dequantize(kernels.load_kernel("avx512")) and kernels.cpu_has_bf16_dot()),
+    reason="bf16 prefill of int8 weights NOT TESTED: needs the avx512 kernels and AVX512-BF16",
+)
 
 
 @pytest.fixture(scope="module")
@@ -267,8 +271,9 @@ def test_int8_from_bf16_runs_on_a_cpu_without_avx512_bf16(model: Any, monkeypatc
 
 @needs_kernel
 @pytest.mark.skipif(shutil.which("objdump") is None, reason="needs objdump (binutils) to read the kernels")
-def test_only_the_bf16_projection_uses_avx512_bf16_instructions() -> None:
-    """Everything but bf16_linear must run on VNNI CPUs without AVX512-BF16, where those would be SIGILL."""
+def test_only_the_bf16_kernels_use_avx512_bf16_instructions() -> None:
+    """Everything but bf16_linear and dequantize_bf16 (whose callers check the CPU) must run on VNNI CPUs without
+    AVX512-BF16, where those would be SIGILL."""
     library = Path(kernels.load_kernel()._name)  # type: ignore[union-attr]
     listing = subprocess.run(["objdump", "-d", "--no-show-raw-insn", str(library)], capture_output=True, text=True,
                              check=True).stdout  # fmt: skip
@@ -278,7 +283,7 @@ def test_only_the_bf16_projection_uses_avx512_bf16_instructions() -> None:
             function = line.split("<", 1)[1].rstrip(">:")
         elif any(op in line for op in ("vdpbf16ps", "vcvtneps2bf16", "vcvtne2ps2bf16")):
             using.add(function.split(".")[0])
-    assert using == {"bf16_linear"}
+    assert using == {"bf16_linear", "dequantize_bf16"}
 
 
 @needs_kernel
@@ -294,6 +299,72 @@ def test_int8_kernel_matches_its_torch_reference_and_rows_never_interact(n_in: i
         assert torch.equal(fast(x[-1:]), got[-1:])
         assert _rel_err(got, linear(x).detach()) < 0.01
     torch.testing.assert_close(fast(torch.zeros(2, n_in)), linear(torch.zeros(2, n_in)).detach())
+
+
+@needs_wide_prefill
+@pytest.mark.parametrize(("n_in", "n_out"), [(64, 192), (30, 40), (300, 64), (8, 16)])
+def test_int8_weights_unpack_to_bf16_exactly_as_q_times_scale_rounded_once(n_in: int, n_out: int) -> None:
+    """Full and partial tiles of channels, and rows whose length is not a multiple of 32 inputs."""
+    torch.manual_seed(n_out)
+    linear = nn.Linear(n_in, n_out, bias=False)
+    fast = cpuops.Int8Linear(linear)
+    padded = nn.functional.pad(linear.weight.detach(), (0, fast.k_padded - n_in, 0, fast.n_padded - n_out))
+    q, scales = cpuops.quantize_groups(padded, fast.group)
+    expected = (q.view(fast.n_padded, -1, fast.group).float() * scales[:, :, None]).view(padded.shape).bfloat16()
+    assert torch.equal(fast.dequantized_bf16(), expected)
+
+
+def _long_prefill(decoder: StaticCacheDecoder, tokens: torch.Tensor, states: torch.Tensor,
+                  mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """Prefill all but the last 4 tokens, step those: the logits, and layer 1's cached keys of the prompt."""
+    n_prefill = tokens.shape[1] - 4
+    logits = _ours(decoder, tokens, states, mask, n_prefill=n_prefill)
+    return logits, decoder._k[1][0, :, :n_prefill].float()
+
+
+@needs_wide_prefill
+def test_a_long_int8_prefill_runs_as_bf16_matmuls_within_int8_error_of_fp32(
+    model: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A continuation prompt is hundreds of positions: its int8 prefill unpacks each weight to bf16 once and
+    runs one matmul. Its logits and cache stay as close to float32 as the int8 kernel's, and to the kernel's."""
+    states, mask = _memory()
+    tokens = _tokens(decoder_module.WIDE_PREFILL_ROWS + 20)
+    reference = _long_prefill(StaticCacheDecoder(copy.deepcopy(model), False, 128), tokens, states, mask)
+    unpacked = []
+    monkeypatch.setattr(cpuops.Int8Linear, "dequantized_bf16",
+                        _counting(cpuops.Int8Linear.dequantized_bf16, unpacked))  # fmt: skip
+    wide = StaticCacheDecoder(copy.deepcopy(model), False, 128, int8=True)
+    assert wide.wide_prefill
+    got = _long_prefill(wide, tokens, states, mask)
+    assert len(unpacked) == 6 * len(wide.layers)  # qkv, out, cross q and out, fc1, fc2: the prefill's only
+    narrow = StaticCacheDecoder(copy.deepcopy(model), False, 128, int8=True)
+    narrow.wide_prefill = False
+    kernel = _long_prefill(narrow, tokens, states, mask)
+    for ours in (got, kernel):
+        assert _rel_err(ours[0], reference[0]) < 0.08
+        assert (ours[0].argmax(-1) == reference[0].argmax(-1)).float().mean() > 0.85
+    assert _rel_err(got[0], kernel[0]) < 0.03
+    torch.testing.assert_close(got[1], reference[1], rtol=0.05, atol=0.05)
+
+
+@needs_wide_prefill
+def test_a_short_int8_prefill_stays_on_the_int8_kernel(model: Any) -> None:
+    """Below WIDE_PREFILL_ROWS positions, unpacking would cost more than it saves: the same logits as without."""
+    states, mask = _memory()
+    tokens = _tokens(decoder_module.WIDE_PREFILL_ROWS - 1 + 4)
+    wide, narrow = (StaticCacheDecoder(copy.deepcopy(model), False, 128, int8=True) for _ in range(2))
+    narrow.wide_prefill = False
+    assert wide.wide_prefill
+    assert torch.equal(_long_prefill(wide, tokens, states, mask)[0], _long_prefill(narrow, tokens, states, mask)[0])
+
+
+def _counting(method: Any, calls: list[Any]) -> Any:
+    def counted(self: Any) -> torch.Tensor:
+        calls.append(self)
+        return method(self)
+
+    return counted
 
 
 def test_int8_weights_get_one_scale_per_channel_and_group() -> None:
@@ -324,3 +395,23 @@ def test_attention_kernel_matches_sdpa_on_the_same_bf16_cache() -> None:
         scale=0.125,
     )[:, :, 0]  # fmt: skip
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("precision", ["fp32", pytest.param("int8", marks=needs_kernel)])
+def test_rows_prefilled_together_match_rows_prefilled_one_by_one(model: Any, precision: str) -> None:
+    """CFG's two rows are prefilled in one pass (conditional and unconditional memory); each row's logits and
+    cache are those of its own prefill, up to matmul rounding."""
+    states, mask = _memory()
+    tokens = _tokens(decoder_module.WIDE_PREFILL_ROWS + 8)  # long enough for the int8 path's bf16 matmuls
+    conditions = [(states, mask), (torch.zeros_like(states), mask)]
+    together, apart = (StaticCacheDecoder(copy.deepcopy(model), False, 128, int8=precision == "int8") for _ in range(2))
+    together.reserve(2)
+    apart.reserve(2)
+    both = together.prefill_rows(0, tokens, conditions)
+    one_by_one = torch.stack([apart.prefill(row, tokens, *conditions[row]) for row in range(2)])
+    assert _rel_err(both, one_by_one) < 1e-3
+    assert torch.equal(both.argmax(-1), one_by_one.argmax(-1))
+    assert together.lengths[:2] == apart.lengths[:2] == [tokens.shape[1]] * 2
+    torch.testing.assert_close(together._k[1][:2].float(), apart._k[1][:2].float(), rtol=0.02, atol=0.02)
+    step = torch.stack([_tokens(1, seed=9)[:, 0]] * 2)
+    assert _rel_err(together.step(step), apart.step(step)) < 1e-3

@@ -96,14 +96,14 @@ def test_outputs_have_exactly_the_requested_length_and_exclude_the_prompt(loaded
 def test_long_form_45s_continues_each_window_from_the_exact_last_tokens(loaded: LoadedGenerator) -> None:
     generator = MusicGenerator(loaded, window_frames=1500, overlap_frames=500)
     prefills: list[torch.Tensor] = []
-    original = generator.decoder.prefill
+    original = generator.decoder.prefill_rows
 
     def spy(slot: int, tokens: torch.Tensor, *args):  # type: ignore[no-untyped-def]
         if slot == 0:
             prefills.append(tokens.clone())
         return original(slot, tokens, *args)
 
-    generator.decoder.prefill = spy  # type: ignore[method-assign]
+    generator.decoder.prefill_rows = spy  # type: ignore[method-assign]
     frames_seen: list[torch.Tensor] = []
     original_advance = generator._advance
 

@@ -66,6 +66,14 @@ class Int8Linear(nn.Module):
             out = out + self.bias
         return out.reshape(*lead, self.out_features)
 
+    def dequantized_bf16(self) -> torch.Tensor:
+        """The weight as a plain (out_padded, in_padded) bf16 matrix, q * scale rounded once. Needs the kernel
+        library's `dequantize_bf16` (`has_dequantize`): for many rows (a prefill), where bf16 matmuls win."""
+        weight = torch.empty(self.n_padded, self.k_padded, dtype=torch.bfloat16)
+        self.kernel.dequantize_bf16(self._packed_ptr, self._scales_ptr, self.n_padded, self.k_padded,  # type: ignore[union-attr]
+                                    self.group, weight.data_ptr(), torch.get_num_threads())  # fmt: skip
+        return weight
+
     def _kernel_forward(self, rows: torch.Tensor) -> torch.Tensor:
         n_rows = rows.shape[0]
         out = torch.empty(n_rows, self.n_padded, dtype=torch.float32)

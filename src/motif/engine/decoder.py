@@ -11,7 +11,8 @@ This module runs the *same* weights (taken from the loaded transformers model) w
 - a step path of plain functional calls on (rows, hidden) tensors, since at batch 1-8 a step is a few
   hundred small ops and their dispatch overhead is a large part of its time;
 - int8 projections (`int8=True`, see motif.engine.cpuops): half the bytes bf16 reads per step, at bf16's
-  error; their step runs every layer in one C call (motif.engine.fused).
+  error; their step runs every layer in one C call (motif.engine.fused). A prefill is hundreds of rows, where
+  streaming int8 is compute-bound: there each weight is unpacked to bf16 for one matmul (AMX where present).
 Slots are kept compact (active rows are 0..n-1) so each step reads cache views, never gathers.
 `tests/engine/test_decoder.py` checks its logits against transformers' forward on the same weights.
 """
@@ -26,9 +27,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from motif.engine.cpuops import MAX_HEAD_DIM, Bf16Linear, decode_attention
+from motif.engine.cpuops import MAX_HEAD_DIM, Bf16Linear, Int8Linear, decode_attention
 from motif.engine.fused import FusedLayers
-from motif.engine.kernels import cpu_has_bf16_dot, has_bf16_linear, load_kernel
+from motif.engine.kernels import cpu_has_bf16_dot, has_bf16_linear, has_dequantize, load_kernel
 from motif.engine.layers import (
     Dense,
     Layer,
@@ -45,6 +46,8 @@ from motif.engine.layers import (
 log = logging.getLogger(__name__)
 
 CACHE_CHUNK = 256  # positions the KV cache grows by
+Condition = tuple[torch.Tensor | None, torch.Tensor | None]  # a row's (encoder_states, encoder_mask)
+WIDE_PREFILL_ROWS = 64  # int8 prefills at least this long run their projections as bf16 matmuls
 
 
 class StaticCacheDecoder:
@@ -76,6 +79,7 @@ class StaticCacheDecoder:
         self.layers = [build_layer(layer, self.has_cross) for layer in decoder.layers]
         self.gelu_exact = decoder.config.activation_function == "gelu"
         self._fused: FusedLayers | None = None
+        self.wide_prefill = False  # int8 prefills through bf16 matmuls (set by quantize_int8 where it pays)
         self._source = causal_lm  # its projection weights are released when we repack them (bf16 kernel, int8)
         self.final_ln = Norm.of(decoder.layer_norm)
         heads = linear_weight(list(causal_lm.lm_heads))  # (K * vocab, hidden)
@@ -229,42 +233,80 @@ class StaticCacheDecoder:
         MusicGen; for MusicGen-Melody they are the prefix the decoder reads before its tokens.
         Returns (codebooks, vocab) float32.
         """
-        hidden = self.embed_tokens(tokens[None].to(self.device))[0]  # (time, hidden)
-        key_ok = torch.ones(hidden.shape[0], dtype=torch.bool, device=self.device)
-        if encoder_states is not None and not self.has_cross:
-            hidden = torch.cat([encoder_states.to(self.device, hidden.dtype), hidden])
-            key_ok = torch.cat([encoder_mask.to(self.device), key_ok])  # type: ignore[union-attr]
-        length = hidden.shape[0]
+        return self.prefill_rows(slot, tokens, [(encoder_states, encoder_mask)])[0]
+
+    @torch.inference_mode()
+    def prefill_rows(self, slot: int, tokens: torch.Tensor, conditions: list[Condition]) -> torch.Tensor:
+        """Start slots slot..slot + n - 1 afresh on the same tokens, each with its own conditioning (CFG's
+        conditional and unconditional rows), in one pass: the weights are read, and for a long int8 prefill
+        unpacked, once for all n. conditions: n (encoder_states, encoder_mask) as in `prefill`, whose prefixes
+        (MusicGen-Melody) have one length. Returns (n, codebooks, vocab) float32.
+        """
+        hidden, key_ok = self._prefill_inputs(tokens, conditions)  # (rows, time, hidden), (rows, time)
+        n_rows, length = key_ok.shape
         if length >= self.max_len:
             raise ValueError(f"prefill of {length} positions exceeds the cache ({self.max_len})")
+        rows = slice(slot, slot + n_rows)
         self._ensure_capacity(length + 1)
-        self._key_ok[slot] = False
-        self._key_ok[slot, :length] = key_ok
+        self._key_ok[rows] = False
+        self._key_ok[rows, :length] = key_ok
         if self.has_cross:
-            self._set_cross(slot, encoder_states, encoder_mask)
+            for row, (states, mask) in enumerate(conditions):
+                self._set_cross(slot + row, states, mask)
         hidden = hidden + self.positions[:length]
         causal = torch.ones(length, length, dtype=torch.bool, device=self.device).tril()
-        bias = _additive_mask(causal & key_ok[None, :], self._attn_dtype)[None]  # (1, time, time)
-        cross_bias = self._cross_bias(slice(slot, slot + 1))
+        bias = _additive_mask(causal[None] & key_ok[:, None, :], self._attn_dtype)[:, None]  # (rows, 1, time, time)
+        cross_bias = self._cross_bias(rows)
         for i, layer in enumerate(self.layers):
-            hidden = self._prefill_layer(i, layer, hidden, bias, cross_bias, slot)
-        self.lengths[slot] = length
-        return self._logits(hidden[-1:])[0]
+            hidden = self._prefill_layer(i, layer, hidden, bias, cross_bias, rows)
+        for row in range(slot, slot + n_rows):
+            self.lengths[row] = length
+        return self._logits(hidden[:, -1])
+
+    def _prefill_inputs(self, tokens: torch.Tensor, conditions: list[Condition]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Embedded tokens (and MusicGen-Melody's prefixes) per row (rows, time, hidden); keys to attend."""
+        embedded = self.embed_tokens(tokens[None].to(self.device))[0]  # (time, hidden)
+        ones = torch.ones(embedded.shape[0], dtype=torch.bool, device=self.device)
+        rows, oks = [], []
+        for states, mask in conditions:
+            if states is not None and not self.has_cross:
+                rows.append(torch.cat([states.to(self.device, embedded.dtype), embedded]))
+                oks.append(torch.cat([mask.to(self.device), ones]))  # type: ignore[union-attr]
+            else:
+                rows.append(embedded)
+                oks.append(ones)
+        if len({row.shape[0] for row in rows}) != 1:
+            raise ValueError("rows prefilled together need conditioning prefixes of one length")
+        return torch.stack(rows), torch.stack(oks)
 
     def _prefill_layer(
         self, i: int, layer: Layer, hidden: torch.Tensor, bias: torch.Tensor, cross_bias: torch.Tensor | None,
-        slot: int,
+        rows: slice,
     ) -> torch.Tensor:  # fmt: skip
-        time = hidden.shape[0]
-        qkv = layer.qkv(layer.ln1(hidden)).view(time, 3, self.n_heads, self.head_dim).transpose(0, 2)
-        q, k, v = qkv.to(self._attn_dtype).unbind(1)  # (heads, time, head_dim) each
-        self._k[i][slot, :, :time] = k
-        self._v[i][slot, :, :time] = v
+        """hidden (rows, time, hidden) -> the same, filling the rows' key/value cache."""
+        n_rows, time = hidden.shape[:2]
+        qkv = self._wide(layer.qkv, layer.ln1(hidden)).view(n_rows, time, 3, self.n_heads, self.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).to(self._attn_dtype).unbind(0)  # (rows, heads, time, head_dim) each
+        self._k[i][rows, :, :time] = k
+        self._v[i][rows, :, :time] = v
         attn = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scaling)
-        hidden = hidden + layer.out(attn.transpose(0, 1).reshape(time, -1).to(hidden.dtype))
+        hidden = hidden + self._wide(layer.out, attn.transpose(1, 2).reshape(n_rows, time, -1).to(hidden.dtype))
         if self.has_cross:
-            hidden = self._cross(i, layer, hidden[None], cross_bias, slice(slot, slot + 1))[0]
-        return hidden + layer.fc2(layer.act(layer.fc1(layer.ln2(hidden))))
+            hidden = self._cross(i, layer, hidden, cross_bias, rows, wide=True)
+        return hidden + self._wide(layer.fc2, layer.act(self._wide(layer.fc1, layer.ln2(hidden))))
+
+    def _wide(self, proj: Projection, x: torch.Tensor) -> torch.Tensor:
+        """proj(x) for a prefill's (rows, time, in) -> (rows, time, out) float32. An int8 projection over at least
+        WIDE_PREFILL_ROWS positions, where `wide_prefill`, is unpacked to bf16 and run as one matmul: bf16's
+        error, several times faster than the int8 kernel on that many rows. Only prefills call this, and the
+        test is the prefill's own length, never a batch's: what a task gets never depends on what else runs."""
+        if not (self.wide_prefill and isinstance(proj, Int8Linear) and x.shape[-2] >= WIDE_PREFILL_ROWS):
+            return proj(x)
+        rows = x.reshape(-1, x.shape[-1])
+        weight = proj.dequantized_bf16()[: proj.out_features, : proj.in_features]
+        out = F.linear(rows.to(torch.bfloat16), weight).float()
+        out = out if proj.bias is None else out + proj.bias
+        return out.reshape(*x.shape[:-1], proj.out_features)
 
     def _set_cross(self, slot: int, states: torch.Tensor | None, mask: torch.Tensor | None) -> None:
         if states is None or mask is None:
@@ -291,11 +333,12 @@ class StaticCacheDecoder:
         return _additive_mask(self._cross_ok[rows], self._attn_dtype)[:, None, None, :]
 
     def _cross(
-        self, i: int, layer: Layer, hidden: torch.Tensor, bias: torch.Tensor | None, rows: slice
+        self, i: int, layer: Layer, hidden: torch.Tensor, bias: torch.Tensor | None, rows: slice, wide: bool = False
     ) -> torch.Tensor:
-        """Cross-attention: hidden (rows, time, hidden) -> (rows, time, hidden)."""
+        """Cross-attention: hidden (rows, time, hidden) -> (rows, time, hidden); `wide`: a prefill's rows."""
         n_rows, time, _ = hidden.shape
-        q = layer.cross_q(layer.ln_cross(hidden)).view(n_rows, time, self.n_heads, self.head_dim)  # type: ignore[misc]
+        project = self._wide if wide else _apply
+        q = project(layer.cross_q, layer.ln_cross(hidden)).view(n_rows, time, self.n_heads, self.head_dim)  # type: ignore[arg-type, misc]
         if time == 1 and self._kernel_attention:
             attn = decode_attention(self._kernel, q[:, 0].float(), self._cross_k[i], self._cross_v[i],  # type: ignore[arg-type]
                                     self._cross_ok, self._cross_ok.shape[1], self.scaling)  # fmt: skip
@@ -306,7 +349,7 @@ class StaticCacheDecoder:
             attn_mask=bias, scale=self.scaling,
         )  # (rows, heads, time, head_dim)
         attn = attn.transpose(1, 2).reshape(n_rows, time, -1).to(hidden.dtype)
-        return hidden + layer.cross_out(attn)  # type: ignore[misc]
+        return hidden + project(layer.cross_out, attn)  # type: ignore[arg-type]
 
     @torch.inference_mode()
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -397,6 +440,7 @@ class StaticCacheDecoder:
             self._set_cache_dtype(self._default_cache_dtype(torch.bfloat16))
         self.precision = "int8"
         self._fused = FusedLayers(self) if FusedLayers.supports(self) else None
+        self.wide_prefill = has_dequantize(self._kernel) and cpu_has_bf16_dot()
 
     def _residual_in_float32(self) -> None:
         """Embeddings, positions and norms in float32: the int8 path's residual stream (from a bf16 model)."""
@@ -453,6 +497,10 @@ class StaticCacheDecoder:
     def macs_per_row(self) -> int:
         """Multiply-accumulates of one row's projections per step (attention excluded)."""
         return sum(projection_macs(proj) for proj in self._step_projections())
+
+
+def _apply(proj: Projection, x: torch.Tensor) -> torch.Tensor:
+    return proj(x)
 
 
 def _additive_mask(ok: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from motif.engine.chroma import melody_chroma
-from motif.engine.codec import as_channels, encode_prompt, render_codes
+from motif.engine.codec import PromptCodes, as_channels, render_codes
 from motif.engine.decoder import StaticCacheDecoder
 from motif.engine.models import LoadedGenerator
 from motif.engine.patterns import Window, codebook_delays, delay_pattern, sample_next, undelay
@@ -108,6 +108,7 @@ class MusicGenerator:
         prefix = self.model.config.chroma_length + 256 if loaded.is_melody else 0
         max_len = window_frames + self.n_codebooks + prefix + 2
         self.decoder = StaticCacheDecoder(self.model, loaded.is_melody, max_len, int8=int8)
+        self.prompt_codes = PromptCodes(self.model.audio_encoder, self.n_channels, self.device)
         # Rendering, normalising and embedding a finished job run here, not between two decode steps.
         self._finisher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="motif-finish")
 
@@ -244,10 +245,9 @@ class MusicGenerator:
         state.window = window = delay_pattern(prompt, prompt.shape[1] + n_new, self.delays)
         inputs = window.seq[:, : window.n_prompt + 1]
         cond, uncond = self._conditioning(state, max(0, n_generated - prompt.shape[1]))
-        logits_c = self.decoder.prefill(state.slot, inputs, *cond)
-        logits_u = self.decoder.prefill(state.slot + 1, inputs, *uncond) if state.n_rows == 2 else None
+        logits = self.decoder.prefill_rows(state.slot, inputs, [cond, uncond][: state.n_rows])
         window.pos = window.n_prompt
-        self._advance(state, logits_c, logits_u)
+        self._advance(state, logits[0], logits[1] if state.n_rows == 2 else None)
 
     def _advance(self, state: _Active, logits_c: torch.Tensor, logits_u: torch.Tensor | None) -> bool:
         """Sample the next position from the logits; returns True when the whole task is done."""
@@ -308,8 +308,8 @@ class MusicGenerator:
         return (cond, prefix_ok), (uncond, prefix_ok)
 
     def _encode_audio(self, audio: np.ndarray) -> torch.Tensor:
-        """(samples,) or (samples, channels) at 32 kHz -> (K, frames) codes for this model's channels."""
-        return encode_prompt(self.model.audio_encoder, audio, self.n_channels, self.device)
+        """(samples,) or (samples, channels) at 32 kHz -> (K, frames) codes for this model's channels (cached)."""
+        return self.prompt_codes.encode(audio)
 
     def _render(self, state: _Active) -> np.ndarray:
         """Generated frames (with a little prompt context) -> (samples,) or (samples, 2) float32 at 32 kHz."""

@@ -2,8 +2,8 @@
    says what each entry point is for; motif.engine.cpuops and motif.engine.fused call them.
 
    Every kernel computes each row on its own (no reduction ever mixes rows), so a row's result is bit-identical
-   whatever else shares its batch. Only bf16_linear uses AVX512-BF16 instructions (callers check the CPU has
-   them); everything else needs AVX512 F/BW/VL and VNNI alone, so it runs on Cascade Lake too. */
+   whatever else shares its batch. Only bf16_linear and dequantize_bf16 use AVX512-BF16 instructions (callers
+   check the CPU has them); everything else needs AVX512 F/BW/VL and VNNI alone, so it runs on Cascade Lake too. */
 #include <immintrin.h>
 #include <math.h>
 #include <stdint.h>
@@ -169,6 +169,53 @@ void bf16_linear(const uint16_t *x, int64_t M, int64_t K, const uint16_t *packed
             const uint16_t *xm = x + m0 * K;
             float *ym = y + m0 * N + b0 * 16;
             switch (mm * 8 + nb) { TILE_SHAPES(TILE_BF16_CASE) }
+        }
+    }
+}
+
+/* ----------------------------------------------------------------------------- prefill weights */
+
+/* A w8a16_linear weight (packed int8 and scales) -> w (N, K) bf16 row-major, w = q * scale rounded once to
+   nearest even. A prefill has hundreds of rows: there a bf16 matmul (AMX where the CPU has it) beats streaming
+   int8, and one pass over the weight costs a few milliseconds per layer. Uses AVX512-BF16 (callers check).
+   Each packed vector holds 16 channels x 2 inputs; 16 of them are scattered into a 1 KB block of 16 rows x
+   32 inputs, which then goes out in whole cache lines (scattering straight into w, whose rows are K apart,
+   thrashes the L1 sets). */
+void dequantize_bf16(const int8_t *packed, const float *scales, int64_t N, int64_t K, int64_t G, uint16_t *w,
+                     int n_threads) {
+    int64_t n_blocks = N / 16, n_tiles = (n_blocks + 3) / 4;
+    const __m512i lo_lanes = _mm512_set_epi32(7, 7, 6, 6, 5, 5, 4, 4, 3, 3, 2, 2, 1, 1, 0, 0);
+    const __m512i hi_lanes = _mm512_add_epi32(lo_lanes, _mm512_set1_epi32(8));
+    const __m512i block_rows = _mm512_mullo_epi32(
+        _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0), _mm512_set1_epi32(16));
+    #pragma omp parallel for schedule(static) num_threads(n_threads)
+    for (int64_t t = 0; t < n_tiles; t++) {
+        int64_t b0 = t * 4;
+        int nb = (int)(n_blocks - b0 < 4 ? n_blocks - b0 : 4);
+        const int8_t *q = packed + b0 * 16 * K;
+        const float *s = scales + b0 * 16 * (K / G);
+        uint32_t block[16 * 16]; /* 16 channels x 16 input pairs */
+        for (int b = 0; b < nb; b++) {
+            uint16_t *out = w + (b0 + b) * 16 * K;
+            for (int64_t j0 = 0; j0 < K / 2; j0 += 16) {
+                int n_pairs = (int)(K / 2 - j0 < 16 ? K / 2 - j0 : 16);
+                for (int j = 0; j < n_pairs; j++) {
+                    int64_t k2 = j0 + j;
+                    const int8_t *p = q + (k2 * nb + b) * 32;
+                    __m512 scale = _mm512_loadu_ps(s + ((2 * k2 / G) * nb + b) * 16);
+                    __m512 lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)p)));
+                    __m512 hi = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(p + 16))));
+                    lo = _mm512_mul_ps(lo, _mm512_permutexvar_ps(lo_lanes, scale));
+                    hi = _mm512_mul_ps(hi, _mm512_permutexvar_ps(hi_lanes, scale));
+                    __m512i pairs = (__m512i)_mm512_cvtne2ps_pbh(hi, lo); /* lane c: channel c, inputs 2k2, 2k2+1 */
+                    _mm512_i32scatter_epi32(block + j, block_rows, pairs, 4);
+                }
+                for (int c = 0; c < 16; c++) {
+                    uint16_t *dst = out + c * K + 2 * j0;
+                    if (n_pairs == 16) _mm512_storeu_si512((void *)dst, _mm512_loadu_si512(block + c * 16));
+                    else for (int j = 0; j < n_pairs; j++) ((uint32_t *)dst)[j] = block[c * 16 + j];
+                }
+            }
         }
     }
 }
