@@ -27,10 +27,12 @@ def test_defaults_split_a_small_machine_instead_of_doubling_it() -> None:
     budget = CoreBudget(2)
     assert (budget.embedding, budget.generation) == (1, 2)
     assert budget.generation_threads() == 2  # alone: every core
+    torch.set_num_threads(2)
     with budget.embedding_work():
         assert torch.get_num_threads() == 1
         assert budget.generation_threads() == 1  # together: 1 + 1 on 2 cores
     assert budget.generation_threads() == 2
+    assert torch.get_num_threads() == 2  # the embedding's thread gets its own count back
     assert CoreBudget(16).embedding == 8
 
 
@@ -83,3 +85,42 @@ def test_decode_steps_use_fewer_threads_while_an_embedding_runs(model_cache: Pat
     MusicGenerator(loaded, before_step=before_step).run([task], take_more)
     assert not isinstance(outcome["o"], BaseException)
     assert seen[:4] == [4] * 4 and seen[4:14] == [2] * 10 and set(seen[14:]) == {4}
+
+
+def test_the_finisher_renders_on_the_generation_budget_whatever_its_thread_last_ran(model_cache: Path) -> None:
+    """The finisher thread embeds finished jobs (similarity) on fewer threads and renders the next ones: a
+    render takes the generation budget of its moment, as a decode step does (all cores alone, fewer while an
+    upload's embedding runs), never the team the thread last had (a 10 s job's EnCodec decode once ran on
+    one of two cores this way)."""
+    loaded = load_generator("tiny", torch.device("cpu"), torch.float32, model_cache, allow_download=False)
+    budget = CoreBudget(4, embedding=2)
+    generator = MusicGenerator(loaded, before_step=budget.apply_generation_threads,
+                               before_render=budget.apply_generation_threads)  # fmt: skip
+    seen: list[int] = []
+
+    def on_done(outcome: object) -> None:  # the render is done; then embed as Engine._finish does
+        assert not isinstance(outcome, BaseException)
+        seen.append(torch.get_num_threads())
+        with budget.embedding_work():
+            pass
+
+    def run_one() -> None:
+        generator.run([DecodeTask(key="t", text="calm piano", params=GenerationParams(duration=0.2, seed=1),
+                                  seed=1, n_frames=FRAMES_PER_SECOND // 5, on_done=on_done)])  # fmt: skip
+
+    run_one()
+    holding, release = threading.Event(), threading.Event()
+
+    def embed() -> None:  # an upload's embedding on the embedding worker, held until released
+        with budget.embedding_work():
+            holding.set()
+            release.wait(30)
+
+    embedder = threading.Thread(target=embed)
+    embedder.start()
+    assert holding.wait(30)
+    run_one()
+    release.set()
+    embedder.join(30)
+    run_one()
+    assert seen == [4, 2, 4]

@@ -89,6 +89,7 @@ class MusicGenerator:
     def __init__(
         self, loaded: LoadedGenerator, window_frames: int = 1500, overlap_frames: int = 500, max_batch: int = 4,
         int8: bool = False, before_step: Callable[[], None] | None = None,
+        before_render: Callable[[], None] | None = None,
     ) -> None:  # fmt: skip
         if not 0 < overlap_frames < window_frames:
             raise ValueError(
@@ -97,6 +98,9 @@ class MusicGenerator:
             )
         self.loaded = loaded
         self.before_step = before_step  # e.g. the thread budget's, which may change between steps
+        # The same on the finisher thread before it renders: torch's thread count is per thread, and that
+        # thread also embeds (fewer threads), so without it a render would run on whatever team it last had.
+        self.before_render = before_render
         self.model = loaded.model
         self.device = loaded.device
         self.n_codebooks = self.model.decoder.config.num_codebooks
@@ -195,6 +199,8 @@ class MusicGenerator:
 
     def _render_and_finish(self, state: _Active) -> None:
         try:
+            if self.before_render is not None:
+                self.before_render()
             audio = self._render(state)
             if state.tap is not None:
                 state.tap.finish(audio)  # the stream's last piece, before the job is reported done

@@ -118,6 +118,7 @@ class Engine:
                 max_batch=s.max_batch_size,
                 int8=precision == "int8",
                 before_step=self.cores.apply_generation_threads,
+                before_render=self.cores.apply_generation_threads,
             )
         _check_batch_memory(generator, s, device)
         return generator

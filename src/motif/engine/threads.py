@@ -41,13 +41,19 @@ class CoreBudget:
 
     @contextmanager
     def embedding_work(self) -> Iterator[None]:
-        """Around an embedding: the calling thread uses `embedding` threads, and decode steps make room."""
+        """Around an embedding: the calling thread uses `embedding` threads, and decode steps make room.
+
+        The thread's count is given back afterwards: the generator's finisher thread embeds for `similarity`
+        and then renders the next job, which must not inherit the embedding's smaller team.
+        """
         with self._lock:
             self._embedding_active += 1
+        before = torch.get_num_threads()
         torch.set_num_threads(self.embedding)
         try:
             yield
         finally:
+            torch.set_num_threads(before)
             with self._lock:
                 self._embedding_active -= 1
 
@@ -60,7 +66,8 @@ class CoreBudget:
         return self.generation
 
     def apply_generation_threads(self) -> None:
-        """Set the calling (decode loop) thread's torch threads for its next step, if they changed."""
+        """Set the calling thread's torch threads for generation work (the decode loop's next step, or the
+        finisher's render of a finished job), if they changed."""
         wanted = self.generation_threads()
         if torch.get_num_threads() != wanted:
             torch.set_num_threads(wanted)
