@@ -8,6 +8,7 @@ user following that runtime's documentation would write it.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -65,24 +66,44 @@ def peer_openvino(path: str, seconds: float) -> tuple[float | None, str]:
     return None, "not run: MusicGen export to OpenVINO not wired up yet (issue 13 §1 left open)"
 
 
-def peer_onnxruntime(path: str, seconds: float) -> tuple[float | None, str]:
+def peer_onnxruntime(path: str, seconds: float, cache_dir: Path, quick: bool) -> dict[str, Any]:
+    """onnxruntime, int8 weights (quantize_dynamic: MatMulInteger), decoder step exported from this model.
+
+    Returns {rtf, note} and, where it ran, {step_ms, fidelity}; rtf None with the reason where it cannot run.
+    """
     try:
-        import onnxruntime  # noqa: F401
+        import onnxruntime
     except ImportError:
-        return None, "not run: onnxruntime not installed (MusicGPT's path; issue 13 §1 left open)"
-    return None, "not run: MusicGen decoder export to ONNX not wired up yet (issue 13 §1 left open)"
+        return {"rtf": None, "note": "not run: onnxruntime not installed (pip install 'motif[bench]')"}
+    from motif.bench import onnx_peer
+
+    note = (f"onnxruntime {onnxruntime.__version__}, int8 per-channel weights (quantize_dynamic: MatMulInteger), "
+            "decoder step in ONNX, T5 + EnCodec in torch fp32")  # fmt: skip
+    try:
+        measured = onnx_peer.measure(path, cache_dir, seconds, quick)
+    except Exception as error:  # noqa: BLE001 - a peer's failure is a row in the table, not the bench's end
+        return {"rtf": None, "note": f"{note}: failed ({type(error).__name__}: {str(error)[:160]})"}
+    return {**measured, "note": f"{note}; {measured.pop('weight_mb'):.0f} MB int8 graph"}
 
 
-def run_peers(path: str, seconds: float, quick: bool) -> dict[str, Any]:
-    """Every peer: {peer_<name>_rtf: float | None} plus {peer_notes: {name: note}}."""
-    out: dict[str, Any] = {"peer_notes": {}}
+def run_peers(path: str, seconds: float, quick: bool, cache_dir: Path) -> dict[str, Any]:
+    """Every peer: {peer_<name>_rtf: float | None}, {peer_notes: {name: note}}, and for the peers that
+    report them {peer_step_ms: {name: {"2x1": ms, ...}}, peer_fidelity: {name: {rel_err, top1}}}."""
+    out: dict[str, Any] = {"peer_notes": {}, "peer_step_ms": {}, "peer_fidelity": {}}
     peers = {
-        "torchao": lambda: peer_torchao(path, seconds, compile_decoder=not quick),
-        "openvino": lambda: peer_openvino(path, seconds),
-        "onnxruntime": lambda: peer_onnxruntime(path, seconds),
+        "torchao": lambda: _as_report(*peer_torchao(path, seconds, compile_decoder=not quick)),
+        "openvino": lambda: _as_report(*peer_openvino(path, seconds)),
+        "onnxruntime": lambda: peer_onnxruntime(path, seconds, cache_dir, quick),
     }
     for name, run in peers.items():
-        rtf, note = run()
-        out[f"peer_{name}_rtf"] = rtf
-        out["peer_notes"][name] = note
+        report = run()
+        out[f"peer_{name}_rtf"] = report["rtf"]
+        out["peer_notes"][name] = report["note"]
+        for key in ("step_ms", "fidelity"):
+            if key in report:
+                out[f"peer_{key}"][name] = report[key]
     return out
+
+
+def _as_report(rtf: float | None, note: str) -> dict[str, Any]:
+    return {"rtf": rtf, "note": note}
