@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -163,7 +164,10 @@ def _export_fp32(model: Any, path: Path) -> None:
     axes |= {n: {0: "rows", 2: "past"} for n in inputs if n.startswith("past_")}
     axes |= {n: {0: "rows", 2: "text"} for n in inputs if n.startswith("cross_")}
     axes |= {n: {0: "rows", 2: "present"} for n in outputs if n.startswith("present_")}
-    with torch.inference_mode():
+    # The TorchScript exporter (deprecated since torch 2.9) needs no onnxscript and traces this loop-free step
+    # as is; the torch.export-based one is the move to make when torch drops it.
+    with torch.inference_mode(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning, message=".*legacy TorchScript-based ONNX")
         torch.onnx.export(step, args, str(path), input_names=inputs, output_names=outputs, dynamic_axes=axes,
                           opset_version=17, dynamo=False, external_data=True)  # fmt: skip
 
