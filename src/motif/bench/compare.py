@@ -29,8 +29,10 @@ from motif.config import Settings
 from motif.engine import models
 
 
-def run_comparison(quick: bool, cache_dir: Path, shape: str, log: Callable[[str], None]) -> dict[str, Any]:
-    """Every runtime on the same random-weight model and request; returns the JSON line's dict."""
+def run_comparison(quick: bool, cache_dir: Path, shape: str, log: Callable[[str], None],
+                   compile_torchao: bool = False) -> dict[str, Any]:  # fmt: skip
+    """Every runtime on the same random-weight model and request; returns the JSON line's dict.
+    compile_torchao: torch.compile the torchao peer (minutes of compiling on a small loaded box; off by default)."""
     from motif.engine.pipeline import Engine
 
     seconds = 1.0 if quick else 10.0
@@ -55,7 +57,7 @@ def run_comparison(quick: bool, cache_dir: Path, shape: str, log: Callable[[str]
     result["motif_int8_fidelity"] = fidelity(loaded, 16 if quick else 200, ["int8"])["int8"]
     del loaded
     log("peers: transformers + torchao int8, OpenVINO, ONNX Runtime")
-    result.update(run_peers(generation, seconds, quick, cache_dir))
+    result.update(run_peers(generation, seconds, quick, cache_dir, compile_torchao))
     log("baseline: transformers generate, fp32, CFG 3, batch 1")
     result["baseline_rtf"] = baseline_generate(generation, seconds) / seconds
     return result
@@ -86,13 +88,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny models, short runs: smoke, no meaning")
     parser.add_argument("--cache-dir", type=Path, default=None, help="default: MODEL_CACHE_DIR")
     parser.add_argument("--shape", default="small", choices=SHAPES, help="the MusicGen architecture to build")
+    parser.add_argument("--compile-torchao", action="store_true", help="torch.compile the torchao peer's decoder")
     args = parser.parse_args(argv)
     started = time.perf_counter()
 
     def log(message: str) -> None:
         print(f"[{time.perf_counter() - started:6.1f}s] {message}", file=sys.stderr, flush=True)
 
-    result = run_comparison(args.quick, Path(args.cache_dir or Settings().model_cache_dir), args.shape, log)
+    cache_dir = Path(args.cache_dir or Settings().model_cache_dir)
+    result = run_comparison(args.quick, cache_dir, args.shape, log, args.compile_torchao)
     result["bench_s"] = time.perf_counter() - started
     print(format_comparison(result))
     print(json.dumps(result, sort_keys=True), flush=True)

@@ -86,12 +86,16 @@ def peer_onnxruntime(path: str, seconds: float, cache_dir: Path, quick: bool) ->
     return {**measured, "note": f"{note}; {measured.pop('weight_mb'):.0f} MB int8 graph"}
 
 
-def run_peers(path: str, seconds: float, quick: bool, cache_dir: Path) -> dict[str, Any]:
+def run_peers(
+    path: str, seconds: float, quick: bool, cache_dir: Path, compile_torchao: bool | None = None
+) -> dict[str, Any]:
     """Every peer: {peer_<name>_rtf: float | None}, {peer_notes: {name: note}}, and for the peers that
-    report them {peer_step_ms: {name: {"2x1": ms, ...}}, peer_fidelity: {name: {rel_err, top1}}}."""
+    report them {peer_step_ms: {name: {"2x1": ms, ...}}, peer_fidelity: {name: {rel_err, top1}}}.
+    compile_torchao: torch.compile the torchao peer's decoder (default: unless quick)."""
+    compile_decoder = not quick if compile_torchao is None else compile_torchao
     out: dict[str, Any] = {"peer_notes": {}, "peer_step_ms": {}, "peer_fidelity": {}}
     peers = {
-        "torchao": lambda: _as_report(*peer_torchao(path, seconds, compile_decoder=not quick)),
+        "torchao": lambda: _as_report(*peer_torchao(path, seconds, compile_decoder)),
         "openvino": lambda: _as_report(*peer_openvino(path, seconds)),
         "onnxruntime": lambda: peer_onnxruntime(path, seconds, cache_dir, quick),
     }
