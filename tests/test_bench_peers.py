@@ -64,3 +64,20 @@ def test_a_changed_model_gets_a_new_export_key(tmp_path: Path) -> None:
     assert model_key(tmp_path) == before
     (tmp_path / "config.json").write_text('{"hidden_size": 32}')
     assert model_key(tmp_path) != before
+
+
+def test_the_comparison_table_has_a_row_per_runtime_and_the_reason_for_a_null() -> None:
+    from motif.bench.compare import format_comparison
+
+    steps = {"2x1": 10.0, "2x300": 12.0, "8x1": 20.0, "8x300": 30.0}
+    result = {
+        "machine": "m", "threads": 2, "bandwidth_gbs": 10.0, "seconds": 10.0, "baseline_rtf": 5.0,
+        "motif_int8_rtf": 1.0, "motif_int8_step_ms": steps, "motif_int8_fidelity": {"rel_err": 0.02, "top1": 0.9},
+        "motif_int8_weight_mb_per_step": 380.0, "peer_onnxruntime_rtf": 3.0, "peer_openvino_rtf": None,
+        "peer_notes": {"onnxruntime": "int8", "openvino": "not run: openvino not installed"},
+        "peer_step_ms": {"onnxruntime": steps}, "peer_fidelity": {"onnxruntime": {"rel_err": 0.03, "top1": 0.95}},
+    }  # fmt: skip
+    lines = format_comparison(result).splitlines()
+    assert [line.split()[0] for line in lines[2:]] == ["transformers", "Motif", "peer:", "peer:"]
+    assert "not run: openvino not installed" in lines[-1] and "n/a" in lines[-1]
+    assert "10.0 / 12.0" in lines[4] and "0.0300" in lines[4]
