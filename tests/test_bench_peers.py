@@ -42,7 +42,7 @@ def test_onnxruntime_peer_measures_the_int8_step_and_caches_the_export(model_cac
     assert report["rtf"] is not None and math.isfinite(report["rtf"]) and report["rtf"] > 0, report["note"]
     assert set(report["step_ms"]) == {"2x1", "2x300", "8x1", "8x300"}
     assert report["fidelity"]["rel_err"] < 0.05 and report["fidelity"]["top1"] > 0.9  # int8 tracks fp32
-    (exported,) = (tmp_path / "onnx-peer").glob("*/decoder_step.int8.onnx")
+    (exported,) = (tmp_path / "onnx-peer" / "onnxruntime").glob("*/decoder_step.int8.onnx")
     mtime = exported.stat().st_mtime_ns
     assert peer_onnxruntime(path, 0.2, tmp_path, quick=True)["rtf"] is not None
     assert exported.stat().st_mtime_ns == mtime  # the second run reused the export
@@ -55,15 +55,14 @@ def test_a_peer_that_cannot_run_is_a_null_with_the_reason(tmp_path: Path) -> Non
 
 
 def test_a_changed_model_gets_a_new_export_key(tmp_path: Path) -> None:
-    pytest.importorskip("onnxruntime", reason="the bench extra (onnxruntime) is not installed")
     from motif.bench.onnx_export import model_key
 
     (tmp_path / "config.json").write_text('{"hidden_size": 16}')
     (tmp_path / "model.safetensors").write_bytes(b"0" * 8)
-    before = model_key(tmp_path)
-    assert model_key(tmp_path) == before
+    before = model_key(tmp_path, "1.0")
+    assert model_key(tmp_path, "1.0") == before and model_key(tmp_path, "1.1") != before
     (tmp_path / "config.json").write_text('{"hidden_size": 32}')
-    assert model_key(tmp_path) != before
+    assert model_key(tmp_path, "1.0") != before
 
 
 def test_the_comparison_table_has_a_row_per_runtime_and_the_reason_for_a_null() -> None:

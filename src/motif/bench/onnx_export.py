@@ -13,6 +13,7 @@ import hashlib
 import os
 import shutil
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -110,11 +111,9 @@ def io_names(n_layers: int) -> tuple[list[str], list[str]]:
     return inputs, ["logits", *[f"present_{n}" for n in kv]]
 
 
-def model_key(model_path: str | Path) -> str:
-    """The model's identity: its config, each file's size and mtime, and the exporter's versions."""
-    import onnxruntime
-
-    digest = hashlib.sha256(f"{EXPORT_VERSION} {torch.__version__} {onnxruntime.__version__}".encode())
+def model_key(model_path: str | Path, runtime_version: str) -> str:
+    """The model's identity: its config, each file's size and mtime, and the exporter's and runtime's versions."""
+    digest = hashlib.sha256(f"{EXPORT_VERSION} {torch.__version__} {runtime_version}".encode())
     for path in sorted(Path(model_path).iterdir()):
         if path.is_file():
             stat = path.stat()
@@ -130,24 +129,34 @@ def exported_step(model: Any, model_path: str | Path, cache_dir: Path) -> Path:
     Quantisation: onnxruntime's `quantize_dynamic`, int8 per-channel weights on every MatMul, activations
     quantised per call to uint8 (DynamicQuantizeLinear + MatMulInteger): the int8 path MusicGPT ships.
     """
-    target = Path(cache_dir) / PEER_CACHE / f"{Path(model_path).name}-{model_key(model_path)}"
-    if (target / STEP_FILE).exists():
-        return target / STEP_FILE
+    import onnxruntime
+
+    return cached_export(model, model_path, cache_dir, ("onnxruntime", onnxruntime.__version__), STEP_FILE, _quantize)
+
+
+def cached_export(model: Any, model_path: str | Path, cache_dir: Path, runtime: tuple[str, str], filename: str,
+                  convert: Callable[[Path, Path], None]) -> Path:  # fmt: skip
+    """<cache_dir>/onnx-peer/<runtime>/<model>-<key>/<filename>, made on the first call by convert(fp32 ONNX
+    step, target file); the fp32 graph is deleted after, and an older export of the same model replaced."""
+    name, version = runtime
+    target = Path(cache_dir) / PEER_CACHE / name / f"{Path(model_path).name}-{model_key(model_path, version)}"
+    if (target / filename).exists():
+        return target / filename
     tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
         _export_fp32(model, tmp / "decoder_step.fp32.onnx")
-        _quantize(tmp / "decoder_step.fp32.onnx", tmp / STEP_FILE)
+        convert(tmp / "decoder_step.fp32.onnx", tmp / filename)
         for path in tmp.glob("decoder_step.fp32.onnx*"):  # 4 bytes a weight: not worth keeping on disk
             path.unlink()
-        for stale in target.parent.glob(f"{Path(model_path).name}-*"):  # an older export of this model
+        for stale in target.parent.glob(f"{Path(model_path).name}-*"):
             if stale != tmp and ".tmp-" not in stale.name:
                 shutil.rmtree(stale, ignore_errors=True)
         os.replace(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return target / STEP_FILE
+    return target / filename
 
 
 def _export_fp32(model: Any, path: Path) -> None:
