@@ -48,6 +48,17 @@ def test_onnxruntime_peer_measures_the_int8_step_and_caches_the_export(model_cac
     assert exported.stat().st_mtime_ns == mtime  # the second run reused the export
 
 
+def test_openvino_peer_measures_the_int8_weight_step(model_cache: Path, tmp_path: Path) -> None:
+    pytest.importorskip("openvino", reason="the bench extra (openvino) is not installed")
+    pytest.importorskip("nncf", reason="the bench extra (nncf) is not installed")
+    from motif.bench.peers import peer_openvino
+
+    report = peer_openvino(str(models.build_tiny_generator(model_cache)), 0.5, tmp_path, quick=True)
+    assert report["rtf"] is not None and math.isfinite(report["rtf"]) and report["rtf"] > 0, report["note"]
+    assert report["fidelity"]["rel_err"] < 0.05 and report["fidelity"]["top1"] > 0.9
+    assert list((tmp_path / "onnx-peer" / "openvino").glob("*/decoder_step.int8.xml"))
+
+
 def test_a_peer_that_cannot_run_is_a_null_with_the_reason(tmp_path: Path) -> None:
     pytest.importorskip("onnxruntime", reason="the bench extra (onnxruntime) is not installed")
     report = peer_onnxruntime(str(tmp_path / "no-model"), 0.2, tmp_path, quick=True)

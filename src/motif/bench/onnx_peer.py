@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -23,6 +24,17 @@ from motif.engine.types import FRAMES_PER_SECOND
 PROMPT = "upbeat rock with piano and drums"
 PAD = 2048  # MusicGen's pad / start token, one past the codebook vocabulary
 GUIDANCE, TOP_K = 3.0, 250  # musicgen's shipped generation config
+
+
+class StepSession(Protocol):
+    """One decode step in a runtime: what `generate`, `step_ms` and `fidelity` need."""
+
+    n_codebooks: int
+
+    def zeros(self, rows: int, length: int) -> list[np.ndarray]: ...
+
+    def run(self, ids: np.ndarray, bias: np.ndarray, past: list[np.ndarray],
+            cross: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]: ...  # fmt: skip
 
 
 class OrtStep:
@@ -71,7 +83,7 @@ def sample(logits: torch.Tensor, generator: torch.Generator, top_k: int | None =
 
 
 @torch.inference_mode()
-def generate(model: Any, tokenizer: Any, step: OrtStep, seconds: float, seed: int = 0) -> np.ndarray:
+def generate(model: Any, tokenizer: Any, step: StepSession, seconds: float, seed: int = 0) -> np.ndarray:
     """A text-to-music request, batch 1, CFG 3: returns the audio (1, channels, samples) float32."""
     n_frames, k = round(seconds * FRAMES_PER_SECOND), step.n_codebooks
     states = encode_text(model, tokenizer)
@@ -92,7 +104,7 @@ def generate(model: Any, tokenizer: Any, step: OrtStep, seconds: float, seed: in
     return model.audio_encoder.decode(codes_t, [None]).audio_values.numpy()
 
 
-def step_ms(step: OrtStep, rows: int, n_past: int, n_text: int, repeats: int) -> float:
+def step_ms(step: StepSession, rows: int, n_past: int, n_text: int, repeats: int) -> float:
     """Median wall ms of one session run for rows rows that each hold n_past positions."""
     ids, bias = np.zeros((rows, step.n_codebooks), np.int64), np.zeros((rows, 1, 1, n_text), np.float32)
     past, cross = step.zeros(rows, n_past), step.zeros(rows, n_text)
@@ -101,7 +113,7 @@ def step_ms(step: OrtStep, rows: int, n_past: int, n_text: int, repeats: int) ->
 
 
 @torch.inference_mode()
-def fidelity(model: Any, tokenizer: Any, step: OrtStep, n_steps: int) -> dict[str, float]:
+def fidelity(model: Any, tokenizer: Any, step: StepSession, n_steps: int) -> dict[str, float]:
     """int8 session against the same step in torch fp32, teacher-forced on fp32's own CFG-3 samples.
 
     Returns {rel_err, top1}: the median over steps and rows of |logits - ref| / |ref|, and the share of
@@ -126,15 +138,24 @@ def fidelity(model: Any, tokenizer: Any, step: OrtStep, n_steps: int) -> dict[st
     return {"rel_err": float(np.median(rel)), "top1": float((got.argmax(-1) == ref.argmax(-1)).mean())}
 
 
-def measure(path: str, cache_dir: Path, seconds: float, quick: bool) -> dict[str, Any]:
-    """Export (or reuse) the int8 step, then {rtf, step_ms: {"2x1", "2x300", "8x1", "8x300"}, fidelity}."""
+def open_ort_step(model: Any, path: str, cache_dir: Path, threads: int) -> tuple[StepSession, str]:
+    """The int8 ONNX step (exported on first use) in an onnxruntime session, and a note on what it is."""
+    onnx_path = exported_step(model, path, cache_dir)
+    return OrtStep(onnx_path, model, threads), f"{onnx_path.stat().st_size / 1e6:.0f} MB int8 graph"
+
+
+OpenStep = Callable[[Any, str, Path, int], tuple[StepSession, str]]
+
+
+def measure(path: str, cache_dir: Path, seconds: float, quick: bool,
+            open_step: OpenStep = open_ort_step) -> dict[str, Any]:  # fmt: skip
+    """Open the runtime's step, then {rtf, step_ms: {"2x1", "2x300", "8x1", "8x300"}, fidelity, detail}."""
     from transformers import AutoTokenizer, MusicgenForConditionalGeneration
 
     model = MusicgenForConditionalGeneration.from_pretrained(path, dtype=torch.float32).eval()
     tokenizer = AutoTokenizer.from_pretrained(path)
     with torch.inference_mode():
-        onnx_path = exported_step(model, path, cache_dir)
-    step = OrtStep(onnx_path, model, torch.get_num_threads())
+        step, detail = open_step(model, path, cache_dir, torch.get_num_threads())
     generate(model, tokenizer, step, 0.1)  # warm-up: 5 frames
     start = time.perf_counter()
     generate(model, tokenizer, step, seconds)
@@ -142,4 +163,4 @@ def measure(path: str, cache_dir: Path, seconds: float, quick: bool) -> dict[str
     n_text, repeats = len(tokenizer(PROMPT).input_ids), 1 if quick else 5
     steps = {f"{rows}x{n_past}": step_ms(step, rows, n_past, n_text, repeats) for rows in (2, 8) for n_past in (1, 300)}
     return {"rtf": rtf, "step_ms": steps, "fidelity": fidelity(model, tokenizer, step, 16 if quick else 200),
-            "weight_mb": onnx_path.stat().st_size / 1e6}  # fmt: skip
+            "detail": detail}  # fmt: skip

@@ -8,6 +8,7 @@ user following that runtime's documentation would write it.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -58,12 +59,17 @@ def peer_torchao(path: str, seconds: float, compile_decoder: bool = True) -> tup
         return None, f"{note}: failed ({type(error).__name__}: {str(error)[:120]})"
 
 
-def peer_openvino(path: str, seconds: float) -> tuple[float | None, str]:
+def peer_openvino(path: str, seconds: float, cache_dir: Path, quick: bool) -> dict[str, Any]:
+    """OpenVINO, INT8 weights (nncf.compress_weights INT8_ASYM) on the same exported decoder step."""
     try:
-        import openvino  # noqa: F401
+        import nncf  # noqa: F401
+        import openvino
     except ImportError:
-        return None, "not run: openvino / optimum-intel not installed (heavy; issue 13 §1 left open)"
-    return None, "not run: MusicGen export to OpenVINO not wired up yet (issue 13 §1 left open)"
+        return {"rtf": None, "note": "not run: openvino / nncf not installed (pip install 'motif[bench]')"}
+    from motif.bench import onnx_peer, ov_peer
+
+    note = f"openvino {openvino.__version__}, INT8_ASYM weights (nncf.compress_weights), T5 + EnCodec in torch fp32"
+    return _measure(note, lambda: onnx_peer.measure(path, cache_dir, seconds, quick, ov_peer.open_ov_step))
 
 
 def peer_onnxruntime(path: str, seconds: float, cache_dir: Path, quick: bool) -> dict[str, Any]:
@@ -78,12 +84,17 @@ def peer_onnxruntime(path: str, seconds: float, cache_dir: Path, quick: bool) ->
     from motif.bench import onnx_peer
 
     note = (f"onnxruntime {onnxruntime.__version__}, int8 per-channel weights (quantize_dynamic: MatMulInteger), "
-            "decoder step in ONNX, T5 + EnCodec in torch fp32")  # fmt: skip
+            "T5 + EnCodec in torch fp32")  # fmt: skip
+    return _measure(note, lambda: onnx_peer.measure(path, cache_dir, seconds, quick))
+
+
+def _measure(note: str, measure: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     try:
-        measured = onnx_peer.measure(path, cache_dir, seconds, quick)
+        measured = measure()
     except Exception as error:  # noqa: BLE001 - a peer's failure is a row in the table, not the bench's end
         return {"rtf": None, "note": f"{note}: failed ({type(error).__name__}: {str(error)[:160]})"}
-    return {**measured, "note": f"{note}; {measured.pop('weight_mb'):.0f} MB int8 graph"}
+    detail = measured.pop("detail")
+    return {**measured, "note": f"{note}; {detail}"}
 
 
 def run_peers(
@@ -96,7 +107,7 @@ def run_peers(
     out: dict[str, Any] = {"peer_notes": {}, "peer_step_ms": {}, "peer_fidelity": {}}
     peers = {
         "torchao": lambda: _as_report(*peer_torchao(path, seconds, compile_decoder)),
-        "openvino": lambda: _as_report(*peer_openvino(path, seconds)),
+        "openvino": lambda: peer_openvino(path, seconds, cache_dir, quick),
         "onnxruntime": lambda: peer_onnxruntime(path, seconds, cache_dir, quick),
     }
     for name, run in peers.items():
