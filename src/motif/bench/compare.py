@@ -29,13 +29,13 @@ from motif.config import Settings
 from motif.engine import models
 
 
-def run_comparison(quick: bool, cache_dir: Path, shape: str, log: Callable[[str], None],
-                   compile_torchao: bool = False) -> dict[str, Any]:  # fmt: skip
+def run_comparison(quick: bool, cache_dir: Path, shape: str, log: Callable[[str], None], compile_torchao: bool = False,
+                   seconds: float | None = None, skip: tuple[str, ...] = ()) -> dict[str, Any]:  # fmt: skip
     """Every runtime on the same random-weight model and request; returns the JSON line's dict.
     compile_torchao: torch.compile the torchao peer (minutes of compiling on a small loaded box; off by default)."""
     from motif.engine.pipeline import Engine
 
-    seconds = 1.0 if quick else 10.0
+    seconds = seconds or (1.0 if quick else 10.0)
     if quick:
         generation, embedding = str(models.build_tiny_generator(cache_dir)), str(models.build_tiny_clap(cache_dir))
     else:
@@ -57,7 +57,7 @@ def run_comparison(quick: bool, cache_dir: Path, shape: str, log: Callable[[str]
     result["motif_int8_fidelity"] = fidelity(loaded, 16 if quick else 200, ["int8"])["int8"]
     del loaded
     log("peers: transformers + torchao int8, OpenVINO, ONNX Runtime")
-    result.update(run_peers(generation, seconds, quick, cache_dir, compile_torchao))
+    result.update(run_peers(generation, seconds, quick, cache_dir, compile_torchao, skip))
     log("baseline: transformers generate, fp32, CFG 3, batch 1")
     result["baseline_rtf"] = baseline_generate(generation, seconds) / seconds
     return result
@@ -89,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache-dir", type=Path, default=None, help="default: MODEL_CACHE_DIR")
     parser.add_argument("--shape", default="small", choices=SHAPES, help="the MusicGen architecture to build")
     parser.add_argument("--compile-torchao", action="store_true", help="torch.compile the torchao peer's decoder")
+    parser.add_argument("--seconds", type=float, default=None, help="audio per request (default 10, --quick 1)")
+    parser.add_argument("--skip", default="", help="peers not to run, comma-separated (their rows say so)")
     args = parser.parse_args(argv)
     started = time.perf_counter()
 
@@ -96,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{time.perf_counter() - started:6.1f}s] {message}", file=sys.stderr, flush=True)
 
     cache_dir = Path(args.cache_dir or Settings().model_cache_dir)
-    result = run_comparison(args.quick, cache_dir, args.shape, log, args.compile_torchao)
+    skip = tuple(name for name in args.skip.split(",") if name)
+    result = run_comparison(args.quick, cache_dir, args.shape, log, args.compile_torchao, args.seconds, skip)
     result["bench_s"] = time.perf_counter() - started
     print(format_comparison(result))
     print(json.dumps(result, sort_keys=True), flush=True)

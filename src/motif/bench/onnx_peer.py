@@ -10,8 +10,8 @@ torch fp32 (the measure `fidelity.py` applies to Motif's precisions).
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np

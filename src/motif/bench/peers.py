@@ -98,11 +98,12 @@ def _measure(note: str, measure: Callable[[], dict[str, Any]]) -> dict[str, Any]
 
 
 def run_peers(
-    path: str, seconds: float, quick: bool, cache_dir: Path, compile_torchao: bool | None = None
+    path: str, seconds: float, quick: bool, cache_dir: Path, compile_torchao: bool | None = None,
+    skip: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Every peer: {peer_<name>_rtf: float | None}, {peer_notes: {name: note}}, and for the peers that
     report them {peer_step_ms: {name: {"2x1": ms, ...}}, peer_fidelity: {name: {rel_err, top1}}}.
-    compile_torchao: torch.compile the torchao peer's decoder (default: unless quick)."""
+    compile_torchao: torch.compile the torchao peer's decoder (default: unless quick); skip: peers not run."""
     compile_decoder = not quick if compile_torchao is None else compile_torchao
     out: dict[str, Any] = {"peer_notes": {}, "peer_step_ms": {}, "peer_fidelity": {}}
     peers = {
@@ -111,7 +112,7 @@ def run_peers(
         "onnxruntime": lambda: peer_onnxruntime(path, seconds, cache_dir, quick),
     }
     for name, run in peers.items():
-        report = run()
+        report = {"rtf": None, "note": "not run: skipped (--skip)"} if name in skip else run()
         out[f"peer_{name}_rtf"] = report["rtf"]
         out["peer_notes"][name] = report["note"]
         for key in ("step_ms", "fidelity"):
