@@ -1,8 +1,9 @@
 """Runtimes a user might pick instead of Motif, on the same random-weight model and request.
 
-Each peer returns (RTF, note): RTF None where it cannot run here, with the reason as the note. What is
-measured is transformers' `generate` (fp32 activations, CFG 3, batch 1) with the peer's int8 weights, as a
-user following that runtime's documentation would write it.
+Each peer reports an RTF and a note: RTF None where it cannot run here, with the reason as the note. torchao
+is measured through transformers' `generate` (fp32 activations, CFG 3, batch 1); ONNX Runtime and OpenVINO
+run the exported decoder step in a decode loop of the same request (`onnx_peer`), and add the step at 2 and
+8 rows and teacher-forced fidelity against fp32.
 """
 
 from __future__ import annotations
