@@ -209,7 +209,7 @@ def run_bench(quick: bool = False, cache_dir: Path | None = None, precisions: tu
     result["rtf_by_precision"] = rtf_by_precision
     result.update(_avx2_stage(cache_dir, generation, embedding, data_dir, seconds, result, log))
     log("peers: transformers + torchao int8 (+ torch.compile), OpenVINO, ONNX Runtime")
-    result.update(run_peers(generation, seconds, quick))
+    result.update(run_peers(generation, seconds, quick, cache_dir))
     log("(a) baseline: transformers generate, fp32, CFG 3, batch 1")
     result["baseline_rtf"] = baseline_generate(generation, seconds) / seconds
     log("(d) stock CLAP")
@@ -304,6 +304,8 @@ def format_table(result: dict[str, Any]) -> str:
          _ratio(result.get("avx2_rtf"), result["rtf_by_precision"].get("int8"), "x the AVX-512 int8 RTF")),
         *[(f"peer: {name}", _rtf(result.get(f"peer_{name}_rtf")), note)
           for name, note in result.get("peer_notes", {}).items()],
+        *[(f"    {name} step, 2 rows: new / at 300 positions", f"{ms['2x1']:.1f} / {ms['2x300']:.1f} ms",
+           f"8 rows: {ms['8x1']:.1f} / {ms['8x300']:.1f} ms") for name, ms in result.get("peer_step_ms", {}).items()],
         ("(c) 4 jobs batched (Engine.run_batch, 4 s source)", f"{result['batch4_s_per_audio_s']:.2f} s/audio s", ""),
         ("(d) CLAP 60 s track: stock fp32 (one 10 s crop)", f"{result['clap60_stock_s']:.2f} s", ""),
         ("    CLAP 60 s track: Motif (all six windows)", f"{result['clap60_motif_s']:.2f} s", ""),
@@ -326,6 +328,8 @@ def format_table(result: dict[str, Any]) -> str:
          f"{result['matmul_gflops']['bfloat16']:.0f} GFLOP/s"),
         *[(f"fidelity {p} vs fp32 (teacher-forced)", f"rel err {v['rel_err']:.4f}", f"top-1 {v['top1']:.4f}")
           for p, v in result["fidelity_by_precision"].items()],
+        *[(f"fidelity peer {name} vs fp32 (teacher-forced)", f"rel err {v['rel_err']:.4f}", f"top-1 {v['top1']:.4f}")
+          for name, v in result.get("peer_fidelity", {}).items()],
         ("EnCodec decode bf16 vs fp32", f"SNR {result['codec_snr_db']:.1f} dB",
          f"{result['codec_fp32_s']:.2f} s -> {result['codec_bf16_s']:.2f} s"),
     ]  # fmt: skip

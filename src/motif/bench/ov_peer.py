@@ -1,0 +1,69 @@
+"""The OpenVINO peer: the same exported decoder step, converted to OpenVINO with NNCF's INT8 weight compression.
+
+`openvino.convert_model` reads the fp32 ONNX step that the ONNX Runtime peer starts from; `nncf.compress_weights`
+(INT8_ASYM: int8 per-output-channel weights, decompressed in the matmul) is what optimum-intel's
+`--weight-format int8` applies. The CPU plugin runs with f32 activations: its default on CPUs with AVX512-BF16
+or AMX is bf16, which gave NaN logits after 18 positions on the tiny model (OpenVINO 2026.4), so the hint is
+pinned. Everything else is measured as in `onnx_peer`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from motif.bench.onnx_export import cached_export, io_names
+
+IR_FILE = "decoder_step.int8.xml"
+
+
+def exported_ir(model: Any, model_path: str | Path, cache_dir: Path) -> Path:
+    """The INT8-weight OpenVINO IR of this model's decoder step, converted on the first call, then cached."""
+    import nncf
+    import openvino
+
+    version = f"openvino {openvino.__version__} nncf {nncf.__version__}"
+    return cached_export(model, model_path, cache_dir, ("openvino", version), IR_FILE, _compress)
+
+
+def _compress(source: Path, target: Path) -> None:
+    import nncf
+    import openvino
+
+    compressed = nncf.compress_weights(openvino.convert_model(source), mode=nncf.CompressWeightsMode.INT8_ASYM)
+    openvino.save_model(compressed, target, compress_to_fp16=False)
+
+
+class OvStep:
+    """The compiled IR behind the same interface as `onnx_peer.OrtStep` (run, zeros, n_codebooks)."""
+
+    def __init__(self, path: Path, model: Any, threads: int) -> None:
+        import openvino
+
+        properties = {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32"}
+        compiled = openvino.Core().compile_model(path, "CPU", properties)
+        self.precision = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
+        self.request = compiled.create_infer_request()
+        config = model.decoder.config
+        self.n_layers, self.n_heads = config.num_hidden_layers, config.num_attention_heads
+        self.head_dim, self.n_codebooks = config.hidden_size // self.n_heads, config.num_codebooks
+        self.input_names = io_names(self.n_layers)[0]
+
+    def zeros(self, rows: int, length: int) -> list[np.ndarray]:
+        return [np.zeros((rows, self.n_heads, length, self.head_dim), np.float32) for _ in range(2 * self.n_layers)]
+
+    def run(self, ids: np.ndarray, bias: np.ndarray, past: list[np.ndarray],
+            cross: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:  # fmt: skip
+        results = self.request.infer(dict(zip(self.input_names, [ids, bias, *past, *cross], strict=True)))
+        logits, *present = (np.array(value, copy=True) for value in results.values())
+        return logits, present
+
+
+def open_ov_step(model: Any, path: str, cache_dir: Path, threads: int) -> tuple[OvStep, str]:
+    """The INT8-weight IR (converted on first use) compiled for the CPU, and a note on what it is."""
+    ir_path = exported_ir(model, path, cache_dir)
+    step = OvStep(ir_path, model, threads)
+    size = ir_path.with_suffix(".bin").stat().st_size / 1e6
+    return step, f"{size:.0f} MB INT8-weight IR, {step.precision} activations"
