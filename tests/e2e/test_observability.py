@@ -45,7 +45,8 @@ def _plant_kernel(xdg: Path) -> Path:
     """A world-writable file named exactly as a cached build of kernels.c with its own content hash."""
     compiler = shutil.which("gcc") or shutil.which("cc")
     assert compiler is not None
-    digest = build_digest(kernels._SOURCE_FILE.read_text(), compiler, kernels._FLAGS)
+    headers = {kernels._COMMON_HEADER.name: kernels._COMMON_HEADER.read_text()}
+    digest = build_digest(kernels._SOURCE_FILE.read_text(), compiler, kernels._FLAGS, headers)
     directory = xdg / "motif" / "kernels"
     directory.mkdir(parents=True)
     planted = directory / f"kernels-{digest}-{hashlib.sha256(KERNEL_PLANT).hexdigest()}.so"
