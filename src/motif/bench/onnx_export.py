@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -185,3 +186,17 @@ def _quantize(source: Path, target: Path) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     quantize_dynamic(source, target, weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul"])
+
+
+class StepShape:
+    """The decoder's layer and head sizes and the exported step's input names, for a runtime's session."""
+
+    def read_shape(self, model: Any) -> None:
+        config = model.decoder.config
+        self.n_layers, self.n_heads = config.num_hidden_layers, config.num_attention_heads
+        self.head_dim, self.n_codebooks = config.hidden_size // self.n_heads, config.num_codebooks
+        self.input_names = io_names(self.n_layers)[0]
+
+    def zeros(self, rows: int, length: int) -> list[np.ndarray]:
+        """2 * n_layers key/value arrays (rows, H, length, D)."""
+        return [np.zeros((rows, self.n_heads, length, self.head_dim), np.float32) for _ in range(2 * self.n_layers)]

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from motif.bench.machine import timed
-from motif.bench.onnx_export import DecoderStep, cross_kv, exported_step, io_names
+from motif.bench.onnx_export import DecoderStep, StepShape, cross_kv, exported_step
 from motif.engine.types import FRAMES_PER_SECOND
 
 PROMPT = "upbeat rock with piano and drums"
@@ -37,7 +37,7 @@ class StepSession(Protocol):
             cross: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]: ...  # fmt: skip
 
 
-class OrtStep:
+class OrtStep(StepShape):
     """An onnxruntime session over the exported step, with the shapes its inputs need."""
 
     def __init__(self, path: Path, model: Any, threads: int) -> None:
@@ -47,14 +47,7 @@ class OrtStep:
         options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        config = model.decoder.config
-        self.n_layers, self.n_heads = config.num_hidden_layers, config.num_attention_heads
-        self.head_dim, self.n_codebooks = config.hidden_size // self.n_heads, config.num_codebooks
-        self.input_names = io_names(self.n_layers)[0]
-
-    def zeros(self, rows: int, length: int) -> list[np.ndarray]:
-        """2 * n_layers key/value arrays (rows, H, length, D)."""
-        return [np.zeros((rows, self.n_heads, length, self.head_dim), np.float32) for _ in range(2 * self.n_layers)]
+        self.read_shape(model)
 
     def run(self, ids: np.ndarray, bias: np.ndarray, past: list[np.ndarray],
             cross: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:  # fmt: skip

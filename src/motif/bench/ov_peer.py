@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from motif.bench.onnx_export import cached_export, io_names
+from motif.bench.onnx_export import StepShape, cached_export
 
 IR_FILE = "decoder_step.int8.xml"
 
@@ -36,7 +36,7 @@ def _compress(source: Path, target: Path) -> None:
     openvino.save_model(compressed, target, compress_to_fp16=False)
 
 
-class OvStep:
+class OvStep(StepShape):
     """The compiled IR behind the same interface as `onnx_peer.OrtStep` (run, zeros, n_codebooks)."""
 
     def __init__(self, path: Path, model: Any, threads: int) -> None:
@@ -46,13 +46,7 @@ class OvStep:
         compiled = openvino.Core().compile_model(path, "CPU", properties)
         self.precision = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
         self.request = compiled.create_infer_request()
-        config = model.decoder.config
-        self.n_layers, self.n_heads = config.num_hidden_layers, config.num_attention_heads
-        self.head_dim, self.n_codebooks = config.hidden_size // self.n_heads, config.num_codebooks
-        self.input_names = io_names(self.n_layers)[0]
-
-    def zeros(self, rows: int, length: int) -> list[np.ndarray]:
-        return [np.zeros((rows, self.n_heads, length, self.head_dim), np.float32) for _ in range(2 * self.n_layers)]
+        self.read_shape(model)
 
     def run(self, ids: np.ndarray, bias: np.ndarray, past: list[np.ndarray],
             cross: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:  # fmt: skip
