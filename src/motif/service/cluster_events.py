@@ -64,21 +64,18 @@ class EventListener(threading.Thread):
         self.conninfo = url.render_as_string(hide_password=False)
         self.events = events
         self.stopping = threading.Event()
-        self.listening = threading.Event()  # set while LISTEN is active (tests wait for it)
 
     def run(self) -> None:
         while not self.stopping.is_set():
             try:
                 self._listen()
             except Exception:
-                self.listening.clear()
                 log.warning("cluster event listener lost its connection; reconnecting", exc_info=True)
                 self.stopping.wait(RECONNECT_SECONDS)
 
     def _listen(self) -> None:
         with psycopg.connect(self.conninfo, autocommit=True) as conn:
             conn.execute(f"LISTEN {CHANNEL}")
-            self.listening.set()
             while not self.stopping.is_set():
                 for notice in conn.notifies(timeout=STOP_CHECK_SECONDS):
                     topic, _, final = notice.payload.rpartition("|")
