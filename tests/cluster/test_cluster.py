@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,7 @@ from sqlalchemy import select
 from motif.service.store import Database, JobRow
 from tests.cluster.conftest import MAX_ATTEMPTS, Cluster
 from tests.e2e.conftest import upload
-from tests.e2e.server import poll_status, read_events, wait_for_embedding
+from tests.e2e.server import poll_status, sse_events, wait_for_embedding
 from tests.service.conftest import wait_until
 from tests.synth import music_like, write_format
 from tests.webhook_receiver import SECRET, receiving, signed_by
@@ -100,15 +102,39 @@ def test_the_webhook_of_a_job_a_worker_finished_is_sent_by_the_api(cluster: Clus
     assert _row(cluster, generation_id).webhook_state == "delivered"
 
 
+@contextmanager
+def workers_paused(cluster: Cluster) -> Iterator[None]:
+    """SIGSTOP every live worker for the block, SIGCONT after: what is queued meanwhile waits, for certain."""
+    alive = [w.proc for w in cluster.workers.values() if w.alive and w.proc is not None]
+    for proc in alive:
+        proc.send_signal(signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for proc in alive:
+            proc.send_signal(signal.SIGCONT)
+
+
 def test_progress_a_worker_makes_is_pushed_to_the_api_s_event_stream(cluster: Cluster) -> None:
     audio_id = _uploaded(cluster)
-    generation_id = _generate(cluster.client, audio_id, duration=10)
-    events = read_events(cluster.client, generation_id)
-    assert events[-1]["event"] == "completed", events
-    progress = [e["data"]["progress"] for e in events if e["event"] == "progress"]
+    # The stream is open, and has told the job queued, before any worker can claim it; the job is long (120 s:
+    # thousands of decode steps, far more than the 0.5 s between two progress writes) and is cancelled once a
+    # progress value between 0 and 100 arrives. So the test waits on events, never on timing.
+    with workers_paused(cluster):
+        generation_id = _generate(cluster.client, audio_id, duration=120)
+        events = sse_events(cluster.client, generation_id)
+        assert next(events)["data"]["status"] == "queued"
+    progress, last = [], None
+    for event in events:
+        last = event
+        if event["event"] == "progress":
+            progress.append(event["data"]["progress"])
+            if 0 < progress[-1] < 100 and len([p for p in progress if 0 < p < 100]) == 1:
+                assert cluster.client.post(f"/api/generations/{generation_id}/cancel").status_code == 202
     # Without PostgreSQL's NOTIFY from the worker, the API would re-read the job only on its 15 s keep-alive
     # and see no step in between.
     assert any(0 < value < 100 for value in progress), progress
+    assert last is not None and last["event"] == "cancelled", last
 
 
 def test_a_stream_asked_of_a_running_job_in_a_cluster_answers_with_its_final_file(cluster: Cluster) -> None:
@@ -164,7 +190,9 @@ def test_cancel_of_a_running_generation_stops_it(cluster: Cluster) -> None:
 
 def test_a_job_whose_worker_is_killed_completes_on_the_other_with_one_result(cluster: Cluster) -> None:
     audio_id = _uploaded(cluster)
-    generation_id = _generate(cluster.client, audio_id, duration=20)
+    # 60 s: thousands of decode steps, so the job is still running when its first progress is seen and the
+    # worker is killed (its first progress write comes 0.5 s in).
+    generation_id = _generate(cluster.client, audio_id, duration=60)
     claimed = f"claimed generation {generation_id}"
     holder = wait_until(lambda: next((w for w in cluster.workers.values() if claimed in w.log(1_000_000)), None),
                         timeout=60, what="a worker claiming the job")  # fmt: skip

@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -111,19 +112,24 @@ def wait_for_embedding(client: httpx.Client, audio_id: str, timeout: float = 60.
                       timeout=timeout, what=f"the embedding of {audio_id}")  # fmt: skip
 
 
-def read_events(client: httpx.Client, generation_id: str, last_id: str | None = None) -> list[dict[str, Any]]:
-    """Every SSE event until the server ends the stream: [{"id", "event", "data"}]."""
+def sse_events(client: httpx.Client, generation_id: str, last_id: str | None = None) -> Iterator[dict[str, Any]]:
+    """The SSE events as they arrive ({"id", "event", "data"}), until the server ends the stream. The stream is
+    open once the first event is taken, and stays open while the iterator lives."""
     headers = {"Last-Event-ID": last_id} if last_id else {}
-    events, current = [], {}
+    current: dict[str, Any] = {}
     with client.stream("GET", f"/api/generations/{generation_id}/events", headers=headers, timeout=120) as response:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
         for line in response.iter_lines():
             if not line:
                 if "data" in current:
-                    events.append(current)
+                    yield current
                 current = {}
             elif not line.startswith(":"):
                 field, _, value = line.partition(": ")
                 current[field] = json.loads(value) if field == "data" else value
-    return events
+
+
+def read_events(client: httpx.Client, generation_id: str, last_id: str | None = None) -> list[dict[str, Any]]:
+    """Every SSE event until the server ends the stream: [{"id", "event", "data"}]."""
+    return list(sse_events(client, generation_id, last_id))
