@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,7 @@ from motif.engine.codec import PromptCodes, encode_prompt
 from motif.engine.generator import DecodeTask, MusicGenerator
 from motif.engine.models import LoadedGenerator, load_generator
 from motif.engine.types import FRAMES_PER_SECOND, SAMPLE_RATE, GenerationParams
+from tests.service.conftest import wait_until
 
 CPU = torch.device("cpu")
 
@@ -28,13 +31,18 @@ def _tone(hz: float, seconds: float = 2.0) -> np.ndarray:
 
 
 class _CountingCodec:
-    """The real codec, counting its encode calls; `fail_next` makes the next one raise (a crash mid-encode)."""
+    """The real codec, counting its encode calls; `fail_next` makes the next one raise (a crash mid-encode);
+    with `hold`, an encode says so in `entered` and goes on once `hold` is set."""
 
-    def __init__(self, codec: Any) -> None:
-        self.codec, self.calls, self.fail_next = codec, 0, False
+    def __init__(self, codec: Any, hold: threading.Event | None = None) -> None:
+        self.codec, self.calls, self.fail_next, self.hold = codec, 0, False, hold
+        self.entered = threading.Event()
 
     def encode(self, values: torch.Tensor) -> Any:
         self.calls += 1
+        if self.hold is not None:
+            self.entered.set()
+            assert self.hold.wait(timeout=60)
         if self.fail_next:
             self.fail_next = False
             raise RuntimeError("killed while encoding")
@@ -92,6 +100,32 @@ def test_a_crash_while_encoding_leaves_no_entry(loaded: LoadedGenerator) -> None
     got = cache.encode(_tone(220))
     assert codec.calls == 2 and cache.hits == 0
     assert torch.equal(got, encode_prompt(loaded.model.audio_encoder, _tone(220), 1, CPU))
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_a_prompt_asked_for_while_it_is_encoded_is_encoded_once(loaded: LoadedGenerator, fails: bool) -> None:
+    """An upload's prompt encoded at ingest while its first continuation asks for it: the second caller waits for
+    the first one's codes (or its error) instead of running the encoder beside it."""
+    release = threading.Event()
+    codec = _CountingCodec(loaded.model.audio_encoder, hold=release)
+    codec.fail_next = fails
+    cache = PromptCodes(codec, 1, CPU)
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(cache.encode, _tone(220))
+        assert codec.entered.wait(timeout=60)
+        second = pool.submit(cache.encode, _tone(220).copy())
+        wait_until(lambda: cache.joined == 1, timeout=60, what="the second caller waiting for the first")
+        release.set()
+        if fails:
+            for future in (first, second):
+                with pytest.raises(RuntimeError, match="killed"):
+                    future.result()
+        else:
+            assert torch.equal(first.result(), second.result())
+    assert codec.calls == 1 and cache.misses == 1
+    if fails:  # nothing was kept: the next caller encodes
+        assert torch.equal(cache.encode(_tone(220)), encode_prompt(loaded.model.audio_encoder, _tone(220), 1, CPU))
+        assert codec.calls == 2
 
 
 def test_the_cache_keeps_only_the_most_recent_prompts(loaded: LoadedGenerator) -> None:

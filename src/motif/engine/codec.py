@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections import OrderedDict
+from concurrent.futures import Future
 from typing import Any
 
 import numpy as np
@@ -79,19 +80,22 @@ class PromptCodes:
     """encode_prompt with the codes of recent prompts kept, by the prompt audio's content. Thread-safe.
 
     A continuation of the same upload and section (another seed, "again") then skips EnCodec's encoder: about
-    a second and a half of a 10 s prompt on two cores, before any audio can start. The key is a SHA-256 of the
-    samples, their shape and the model's channel count, so any other audio misses; one instance belongs to one
-    loaded model (its codec and device), so another model or precision never sees these codes. Entries are
-    stored only once encoding returned, so a failure mid-way leaves nothing behind. In memory, bounded (least
-    recently used): a deleted upload's codes leave with its next eviction or the process, never on disk.
-    Callers must not modify the returned tensor in place (it is shared by later hits).
+    a second and a half of a 10 s prompt on two cores, before any audio can start. An upload's default prompt
+    is also encoded when it is ingested, where this process has the model (`Engine.warm_prompt`). The key is a
+    SHA-256 of the samples, their shape and the model's channel count, so any other audio misses; one
+    instance belongs to one loaded model (its codec and device), so another model or precision never sees
+    these codes. A prompt being encoded is encoded once: a second caller waits for the first one's codes (or
+    its error). Entries are stored only once encoding returned, so a failure mid-way leaves nothing behind. In
+    memory, bounded (least recently used): a deleted upload's codes leave with its next eviction or the
+    process, never on disk. Callers must not modify the returned tensor in place (it is shared by later hits).
     """
 
     def __init__(self, codec: Any, n_channels: int, device: torch.device, capacity: int = PROMPT_CACHE_ENTRIES) -> None:
         self.codec, self.n_channels, self.device, self.capacity = codec, n_channels, device, capacity
         self._lock = threading.Lock()
         self._entries: OrderedDict[str, torch.Tensor] = OrderedDict()
-        self.hits = self.misses = 0
+        self._pending: dict[str, Future[torch.Tensor]] = {}
+        self.hits = self.misses = self.joined = 0  # joined: callers that waited for another's encoding
 
     def encode(self, audio: np.ndarray) -> torch.Tensor:
         """(samples,) or (samples, channels) float32 at 32 kHz -> (K, frames) codes, as encode_prompt."""
@@ -102,12 +106,27 @@ class PromptCodes:
                 self._entries.move_to_end(key)
                 self.hits += 1
                 return codes
-            self.misses += 1
-        codes = encode_prompt(self.codec, audio, self.n_channels, self.device)
+            pending = self._pending.get(key)
+            if pending is None:
+                self.misses += 1
+                self._pending[key] = mine = Future[torch.Tensor]()
+            else:
+                self.joined += 1
+        if pending is not None:  # another thread is encoding this very prompt
+            return pending.result()
+        try:
+            codes = encode_prompt(self.codec, audio, self.n_channels, self.device)
+        except BaseException as error:
+            with self._lock:
+                del self._pending[key]
+            mine.set_exception(error)
+            raise
         with self._lock:
+            del self._pending[key]
             self._entries[key] = codes
             while len(self._entries) > self.capacity:
                 self._entries.popitem(last=False)
+        mine.set_result(codes)
         return codes
 
     def _key(self, audio: np.ndarray) -> str:

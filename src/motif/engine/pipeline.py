@@ -97,6 +97,11 @@ class Engine:
         return self._generator_slot.get()
 
     @property
+    def generator_loaded(self) -> bool:
+        """Whether the generation model is in memory now (never loads it)."""
+        return self._generator_slot.value is not None
+
+    @property
     def embedder(self) -> Embedder:
         return self._embedder_slot.get()
 
@@ -258,7 +263,7 @@ class Engine:
         prompt_audio = melody_audio = None
         if mode is GenerationMode.CONTINUATION:
             plan.section = select_section(job.source, params.continuation_start, params.continuation_end)
-            prompt_audio = plan.section[-int(self.settings.prompt_seconds * SAMPLE_RATE) :]
+            prompt_audio = self._prompt_of(plan.section)
         elif mode is GenerationMode.MELODY:
             melody_audio = job.source
         n_frames = round(params.duration * FRAMES_PER_SECOND)
@@ -271,6 +276,25 @@ class Engine:
             should_cancel=job.should_cancel, on_done=lambda outcome: self._done(plan, outcome),
             on_audio=job.on_audio, wants_audio=job.wants_audio,
         )  # fmt: skip
+
+    def _prompt_of(self, section: np.ndarray) -> np.ndarray:
+        """A continuation's prompt: the last PROMPT_SECONDS of the section it continues."""
+        return section[-int(self.settings.prompt_seconds * SAMPLE_RATE) :]
+
+    def warm_prompt(self, source: np.ndarray) -> bool:
+        """Encode the prompt of an upload's default continuation (its whole length: the last PROMPT_SECONDS) now,
+        when the upload is ingested, so that its first continuation skips EnCodec's encoder.
+
+        `source` is the upload's stored 32 kHz copy, as a generation reads it. Only where this process has the
+        generation model loaded (it never loads it) and the model continues audio (melody models condition on
+        chroma instead); on the embedding's share of the cores. Returns whether it encoded.
+        """
+        generator = self._generator_slot.value
+        if generator is None or generator.loaded.is_melody:
+            return False
+        with self.cores.embedding_work():
+            generator.prompt_codes.encode(self._prompt_of(select_section(source, None, None)))
+        return True
 
     def _hints(self, job: GenerationJob) -> tuple[float | None, str | None]:
         """Tempo and key for the text condition: the request's, else those detected in the upload."""

@@ -176,6 +176,19 @@ class EmbeddingWorker(_Worker):
                 ctx.queue.complete(job.id, {"model": model, "dim": int(vector.size)}, session=session)
         self.observe(job.id, "completed")
         ctx.events.publish(job.id)
+        self.warm_prompt(audio)
+
+    def warm_prompt(self, audio: AudioRow) -> None:
+        """Where this process has the generation model loaded, encode the upload's default continuation prompt
+        now: its first continuation then starts without EnCodec's encoder. The job is done already; a failure
+        here costs only that."""
+        engine = self.ctx.engine
+        if not engine.generator_loaded:
+            return
+        try:
+            engine.warm_prompt(read_source(self.ctx.blobs, audio))
+        except Exception:
+            log.exception("could not encode the continuation prompt ahead")
 
 
 class GenerationWorker(_Worker):
@@ -249,8 +262,7 @@ class GenerationWorker(_Worker):
             if audio is None:
                 raise GenerationCancelled("the upload was deleted")
             embedding = get_embedding(session, audio.id, ctx.settings.embedding_model, ctx.engine.pipeline_version)
-        with ctx.blobs.open(audio.processed_key) as file:
-            source = np.load(io.BytesIO(file.read()), allow_pickle=False)
+        source = read_source(ctx.blobs, audio)
         streams = ctx.streams
         return GenerationJob(
             source=source, params=params_from_row(row.params), progress=ProgressReporter(ctx.queue, row.id, ctx.events),
@@ -313,6 +325,12 @@ class GenerationWorker(_Worker):
             if self.ctx.metrics is not None:
                 self.ctx.metrics.generation_finished(summary["duration"], sum(result.timings.values()))
         self.ctx.events.publish(row.id, final=True)
+
+
+def read_source(blobs: BlobStore, audio: AudioRow) -> np.ndarray:
+    """An upload's stored 32 kHz copy: (samples,) or (samples, 2) float32."""
+    with blobs.open(audio.processed_key) as file:
+        return np.load(io.BytesIO(file.read()), allow_pickle=False)
 
 
 def params_from_row(params: dict[str, Any]) -> GenerationParams:
