@@ -12,7 +12,7 @@ from motif import bench
 REQUIRED_KEYS = {
     "baseline_rtf", "motif_rtf", "batch4_s_per_audio_s", "clap60_stock_s", "clap60_motif_s", "cold_start_s",
     "peak_rss_gb", "floor_rtf_bandwidth", "floor_rtf_flops", "logits_rel_err", "top1_agreement", "ttfa_s",
-    "ttfa_again_s",
+    "ttfa_again_s", "ttfa_at_upload_s",
 }  # fmt: skip
 
 

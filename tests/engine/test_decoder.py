@@ -26,10 +26,16 @@ PAD = 2048
 needs_kernel = pytest.mark.skipif(
     kernels.load_kernel("avx512") is None, reason=f"CPU path avx512 NOT TESTED: {kernels.kernel_error('avx512')}"
 )
-needs_wide_prefill = pytest.mark.skipif(
+needs_any_kernel = pytest.mark.skipif(
+    kernels.load_kernel() is None, reason=f"int8 kernels NOT TESTED: {kernels.kernel_error('avx2')}"
+)
+needs_bf16_prefill = pytest.mark.skipif(
     not (kernels.has_dequantize(kernels.load_kernel("avx512")) and kernels.cpu_has_bf16_dot()),
     reason="bf16 prefill of int8 weights NOT TESTED: needs the avx512 kernels and AVX512-BF16",
 )
+# A long int8 prefill runs as matmuls in bf16 where the CPU has it natively, else in float32 (any kernel library).
+WIDE_DTYPES = [pytest.param(torch.bfloat16, marks=needs_bf16_prefill, id="bf16"),
+               pytest.param(torch.float32, marks=needs_any_kernel, id="f32")]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -301,17 +307,17 @@ def test_int8_kernel_matches_its_torch_reference_and_rows_never_interact(n_in: i
     torch.testing.assert_close(fast(torch.zeros(2, n_in)), linear(torch.zeros(2, n_in)).detach())
 
 
-@needs_wide_prefill
-@pytest.mark.parametrize(("n_in", "n_out"), [(64, 192), (30, 40), (300, 64), (8, 16)])
-def test_int8_weights_unpack_to_bf16_exactly_as_q_times_scale_rounded_once(n_in: int, n_out: int) -> None:
-    """Full and partial tiles of channels, and rows whose length is not a multiple of 32 inputs."""
+@pytest.mark.parametrize("dtype", WIDE_DTYPES)
+@pytest.mark.parametrize(("n_in", "n_out"), [(64, 192), (30, 40), (300, 64), (8, 16), (512, 80)])
+def test_int8_weights_unpack_exactly_as_q_times_scale_rounded_once(n_in: int, n_out: int, dtype: torch.dtype) -> None:
+    """Full and partial tiles of channels, several groups, rows whose length is not a multiple of 32 inputs."""
     torch.manual_seed(n_out)
     linear = nn.Linear(n_in, n_out, bias=False)
     fast = cpuops.Int8Linear(linear)
     padded = nn.functional.pad(linear.weight.detach(), (0, fast.k_padded - n_in, 0, fast.n_padded - n_out))
     q, scales = cpuops.quantize_groups(padded, fast.group)
-    expected = (q.view(fast.n_padded, -1, fast.group).float() * scales[:, :, None]).view(padded.shape).bfloat16()
-    assert torch.equal(fast.dequantized_bf16(), expected)
+    expected = (q.view(fast.n_padded, -1, fast.group).float() * scales[:, :, None]).view(padded.shape).to(dtype)
+    assert torch.equal(fast.dequantized(dtype), expected)
 
 
 def _long_prefill(decoder: StaticCacheDecoder, tokens: torch.Tensor, states: torch.Tensor,
@@ -322,24 +328,25 @@ def _long_prefill(decoder: StaticCacheDecoder, tokens: torch.Tensor, states: tor
     return logits, decoder._k[1][0, :, :n_prefill].float()
 
 
-@needs_wide_prefill
-def test_a_long_int8_prefill_runs_as_bf16_matmuls_within_int8_error_of_fp32(
-    model: Any, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("dtype", WIDE_DTYPES)
+def test_a_long_int8_prefill_runs_as_matmuls_within_int8_error_of_fp32(
+    model: Any, monkeypatch: pytest.MonkeyPatch, dtype: torch.dtype
 ) -> None:
-    """A continuation prompt is hundreds of positions: its int8 prefill unpacks each weight to bf16 once and
-    runs one matmul. Its logits and cache stay as close to float32 as the int8 kernel's, and to the kernel's."""
+    """A continuation prompt is hundreds of positions: its int8 prefill unpacks each weight once (bf16, or
+    float32 without native bf16) and runs one matmul. Its logits and cache stay as close to float32 as the int8
+    kernel's, and to the kernel's."""
     states, mask = _memory()
     tokens = _tokens(decoder_module.WIDE_PREFILL_ROWS + 20)
     reference = _long_prefill(StaticCacheDecoder(copy.deepcopy(model), False, 128), tokens, states, mask)
-    unpacked = []
-    monkeypatch.setattr(cpuops.Int8Linear, "dequantized_bf16",
-                        _counting(cpuops.Int8Linear.dequantized_bf16, unpacked))  # fmt: skip
+    unpacked: list[torch.dtype] = []
+    monkeypatch.setattr(cpuops.Int8Linear, "dequantized", _counting(cpuops.Int8Linear.dequantized, unpacked))
     wide = StaticCacheDecoder(copy.deepcopy(model), False, 128, int8=True)
-    assert wide.wide_prefill
+    assert wide.wide_prefill is not None
+    wide.wide_prefill = dtype
     got = _long_prefill(wide, tokens, states, mask)
-    assert len(unpacked) == 6 * len(wide.layers)  # qkv, out, cross q and out, fc1, fc2: the prefill's only
+    assert unpacked == [dtype] * 6 * len(wide.layers)  # qkv, out, cross q and out, fc1, fc2: the prefill's only
     narrow = StaticCacheDecoder(copy.deepcopy(model), False, 128, int8=True)
-    narrow.wide_prefill = False
+    narrow.wide_prefill = None
     kernel = _long_prefill(narrow, tokens, states, mask)
     for ours in (got, kernel):
         assert _rel_err(ours[0], reference[0]) < 0.08
@@ -348,21 +355,21 @@ def test_a_long_int8_prefill_runs_as_bf16_matmuls_within_int8_error_of_fp32(
     torch.testing.assert_close(got[1], reference[1], rtol=0.05, atol=0.05)
 
 
-@needs_wide_prefill
+@needs_any_kernel
 def test_a_short_int8_prefill_stays_on_the_int8_kernel(model: Any) -> None:
     """Below WIDE_PREFILL_ROWS positions, unpacking would cost more than it saves: the same logits as without."""
     states, mask = _memory()
     tokens = _tokens(decoder_module.WIDE_PREFILL_ROWS - 1 + 4)
     wide, narrow = (StaticCacheDecoder(copy.deepcopy(model), False, 128, int8=True) for _ in range(2))
-    narrow.wide_prefill = False
-    assert wide.wide_prefill
+    narrow.wide_prefill = None
+    assert wide.wide_prefill is not None
     assert torch.equal(_long_prefill(wide, tokens, states, mask)[0], _long_prefill(narrow, tokens, states, mask)[0])
 
 
 def _counting(method: Any, calls: list[Any]) -> Any:
-    def counted(self: Any) -> torch.Tensor:
-        calls.append(self)
-        return method(self)
+    def counted(self: Any, dtype: torch.dtype) -> torch.Tensor:
+        calls.append(dtype)
+        return method(self, dtype)
 
     return counted
 

@@ -314,6 +314,8 @@ def format_table(result: dict[str, Any]) -> str:
         ("time to first audio over HTTP (POST to first PCM), new upload", f"{result.get('ttfa_s', float('nan')):.2f} s",
          f"stream of {result.get('stream_audio_s', 0):g} s ended at {result.get('stream_end_s', float('nan')):.2f} s"),
         ("    again on the same upload (prompt codes kept)", f"{result.get('ttfa_again_s', float('nan')):.2f} s", ""),
+        ("    asked the moment the upload answered", f"{result.get('ttfa_at_upload_s', float('nan')):.2f} s",
+         "its prompt encoded then, not at ingest"),
         ("peak RSS, both models loaded and used", f"{result['peak_rss_gb']:.2f} GB",
          f"now {result.get('rss_anon_gb', 0):.2f} GB anon + {result.get('rss_file_gb', 0):.2f} GB file-backed"),
         ("decode step weights", f"{result['weight_mb_per_step']:.0f} MB", f"{result['bandwidth_gbs']:.1f} GB/s read"),

@@ -11,6 +11,7 @@ row on its own, so results are bit-identical whatever else is in the batch.
 from __future__ import annotations
 
 import ctypes
+from typing import Any
 
 import torch
 from torch import nn
@@ -66,12 +67,15 @@ class Int8Linear(nn.Module):
             out = out + self.bias
         return out.reshape(*lead, self.out_features)
 
-    def dequantized_bf16(self) -> torch.Tensor:
-        """The weight as a plain (out_padded, in_padded) bf16 matrix, q * scale rounded once. Needs the kernel
-        library's `dequantize_bf16` (`has_dequantize`): for many rows (a prefill), where bf16 matmuls win."""
-        weight = torch.empty(self.n_padded, self.k_padded, dtype=torch.bfloat16)
-        self.kernel.dequantize_bf16(self._packed_ptr, self._scales_ptr, self.n_padded, self.k_padded,  # type: ignore[union-attr]
-                                    self.group, weight.data_ptr(), torch.get_num_threads())  # fmt: skip
+    def dequantized(self, dtype: torch.dtype) -> torch.Tensor:
+        """The weight as a plain (out_padded, in_padded) matrix, q * scale rounded once to `dtype`: bf16 (the
+        kernel library's `dequantize_bf16`, `has_dequantize`) or float32 (any kernel library). For many rows (a
+        prefill), where one matmul beats the int8 kernel."""
+        weight = torch.empty(self.n_padded, self.k_padded, dtype=dtype)
+        kernel: Any = self.kernel
+        unpack = kernel.dequantize_bf16 if dtype == torch.bfloat16 else kernel.dequantize_f32
+        unpack(self._packed_ptr, self._scales_ptr, self.n_padded, self.k_padded, self.group, weight.data_ptr(),
+               torch.get_num_threads())  # fmt: skip
         return weight
 
     def _kernel_forward(self, rows: torch.Tensor) -> torch.Tensor:

@@ -12,7 +12,8 @@ This module runs the *same* weights (taken from the loaded transformers model) w
   hundred small ops and their dispatch overhead is a large part of its time;
 - int8 projections (`int8=True`, see motif.engine.cpuops): half the bytes bf16 reads per step, at bf16's
   error; their step runs every layer in one C call (motif.engine.fused). A prefill is hundreds of rows, where
-  streaming int8 is compute-bound: there each weight is unpacked to bf16 for one matmul (AMX where present).
+  streaming int8 is compute-bound: there each weight is unpacked for one matmul, bf16 where the CPU has it
+  (AMX or AVX512-BF16), else float32.
 Slots are kept compact (active rows are 0..n-1) so each step reads cache views, never gathers.
 `tests/engine/test_decoder.py` checks its logits against transformers' forward on the same weights.
 """
@@ -79,7 +80,7 @@ class StaticCacheDecoder:
         self.layers = [build_layer(layer, self.has_cross) for layer in decoder.layers]
         self.gelu_exact = decoder.config.activation_function == "gelu"
         self._fused: FusedLayers | None = None
-        self.wide_prefill = False  # int8 prefills through bf16 matmuls (set by quantize_int8 where it pays)
+        self.wide_prefill: torch.dtype | None = None  # long int8 prefills as matmuls of this dtype (quantize_int8)
         self._source = causal_lm  # its projection weights are released when we repack them (bf16 kernel, int8)
         self.final_ln = Norm.of(decoder.layer_norm)
         heads = linear_weight(list(causal_lm.lm_heads))  # (K * vocab, hidden)
@@ -297,14 +298,16 @@ class StaticCacheDecoder:
 
     def _wide(self, proj: Projection, x: torch.Tensor) -> torch.Tensor:
         """proj(x) for a prefill's (rows, time, in) -> (rows, time, out) float32. An int8 projection over at least
-        WIDE_PREFILL_ROWS positions, where `wide_prefill`, is unpacked to bf16 and run as one matmul: bf16's
-        error, several times faster than the int8 kernel on that many rows. Only prefills call this, and the
-        test is the prefill's own length, never a batch's: what a task gets never depends on what else runs."""
-        if not (self.wide_prefill and isinstance(proj, Int8Linear) and x.shape[-2] >= WIDE_PREFILL_ROWS):
+        WIDE_PREFILL_ROWS positions, where `wide_prefill`, is unpacked to that dtype and run as one matmul
+        (bf16: AMX or AVX512-BF16; else float32), several times faster than the int8 kernel on that many rows,
+        within its error. Only prefills call this, and the test is the prefill's own length, never a batch's:
+        what a task gets never depends on what else runs."""
+        dtype = self.wide_prefill
+        if dtype is None or not isinstance(proj, Int8Linear) or x.shape[-2] < WIDE_PREFILL_ROWS:
             return proj(x)
         rows = x.reshape(-1, x.shape[-1])
-        weight = proj.dequantized_bf16()[: proj.out_features, : proj.in_features]
-        out = F.linear(rows.to(torch.bfloat16), weight).float()
+        weight = proj.dequantized(dtype)[: proj.out_features, : proj.in_features]
+        out = F.linear(rows.to(dtype), weight).float()
         out = out if proj.bias is None else out + proj.bias
         return out.reshape(*x.shape[:-1], proj.out_features)
 
@@ -440,7 +443,9 @@ class StaticCacheDecoder:
             self._set_cache_dtype(self._default_cache_dtype(torch.bfloat16))
         self.precision = "int8"
         self._fused = FusedLayers(self) if FusedLayers.supports(self) else None
-        self.wide_prefill = has_dequantize(self._kernel) and cpu_has_bf16_dot()
+        if self._kernel is not None:  # bf16 where the CPU has it natively (torch emulates it elsewhere: slower)
+            native = has_dequantize(self._kernel) and cpu_has_bf16_dot()
+            self.wide_prefill = torch.bfloat16 if native else torch.float32
 
     def _residual_in_float32(self) -> None:
         """Embeddings, positions and norms in float32: the int8 path's residual stream (from a bf16 model)."""

@@ -17,7 +17,8 @@ thread pool instead of fighting over two cores.
 - `bf16_linear`: bf16 weights and activations, `vdpbf16ps` with float32 accumulation.
 - `decode_attention`: one query per (row, head) against that row's bf16 keys/values, float32 softmax.
 - `decoder_step`: all decoder layers of one int8 decode step in one call (see motif.engine.fused).
-- `dequantize_bf16`: a packed int8 weight back to a plain (N, K) bf16 matrix, for a prefill's bf16 matmul.
+- `dequantize_bf16`: a packed int8 weight back to a plain (N, K) bf16 matrix, for a prefill's bf16 matmul;
+  `dequantize_f32` (both libraries, from kernels_common.h) the same in float32, where the CPU lacks native bf16.
 Weights are streamed once per call in tiles of 4 x 16 output channels, so 1-8 rows cost one weight read.
 Both sources include kernels_common.h (structs, entry-point glue, threading), compiled in beside them.
 """
@@ -152,10 +153,11 @@ def _compile_and_bind(source_file: Path, flags: list[str]) -> ctypes.CDLL:
             ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p,
             ctypes.c_int,
         ]  # fmt: skip
-    if has_dequantize(library):  # the AVX-512 library only
-        library.dequantize_bf16.restype = None
-        library.dequantize_bf16.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
-                                            ctypes.c_int64, ctypes.c_void_p, ctypes.c_int]  # fmt: skip
+    unpacks = [library.dequantize_f32, *([library.dequantize_bf16] if has_dequantize(library) else [])]
+    for unpack in unpacks:  # dequantize_bf16: the AVX-512 library only
+        unpack.restype = None
+        unpack.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
+                           ctypes.c_void_p, ctypes.c_int]  # fmt: skip
     library.decoder_step.restype = None
     library.decoder_step.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
                                      ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]  # fmt: skip

@@ -2,7 +2,8 @@
    kernels_avx2.c (AVX2 + FMA), which motif.engine.kernels compiles one at a time. Here: the structs
    motif.engine.fused fills (one layout for both), the entry points' glue and how each stage is shared out
    over the threads; each kernel file defines the vector routines declared below, the only code that
-   differs between them. Nothing here computes in floating point: all rounding happens in those routines. */
+   differs between them. Nothing here rounds a float but dequantize_f32's one multiply per weight (IEEE single
+   precision, the same on every ISA): all other rounding happens in those routines. */
 #ifndef MOTIF_KERNELS_COMMON_H
 #define MOTIF_KERNELS_COMMON_H
 
@@ -71,6 +72,36 @@ void w8a16_linear(const float *x, int64_t M, int64_t K, int64_t G, const int8_t 
     {
         quantize_rows(x, M, K, qbuf, xscale); /* ends in a barrier: every row is ready for the tiles */
         linear_tiles(qbuf, xscale, M, K, G, packed, scales, N, y, STORE);
+    }
+}
+
+/* --------------------------------------------------------------------------------- prefill weights */
+
+/* A packed int8 weight (tiles of 4 blocks of 16 channels, each [K/2][blocks][16][2], scales [K/G][blocks][16])
+   back to a plain (N, K) float32 matrix, w = q * scale: a long prefill runs one float32 matmul per projection
+   on CPUs without native bf16 (kernels.c has the bf16 twin). One output row at a time, written in order: rows
+   are K floats apart, so writing many at once would thrash the L1 sets they all map to; the tile's packed
+   weight (64 KB at K = 1024), read once per row at a stride, stays in L2. */
+void dequantize_f32(const int8_t *packed, const float *scales, int64_t N, int64_t K, int64_t G, float *w,
+                    int n_threads) {
+    int64_t n_blocks = N / 16, n_tiles = (n_blocks + 3) / 4;
+    #pragma omp parallel for schedule(static) num_threads(n_threads)
+    for (int64_t t = 0; t < n_tiles; t++) {
+        int64_t b0 = t * 4, nb = n_blocks - b0 < 4 ? n_blocks - b0 : 4;
+        const int8_t *q = packed + b0 * 16 * K;
+        const float *s = scales + b0 * 16 * (K / G);
+        for (int64_t b = 0; b < nb; b++)
+            for (int64_t c = 0; c < 16; c++) {
+                float *out = w + ((b0 + b) * 16 + c) * K;
+                for (int64_t g = 0; g < K / G; g++) {
+                    float scale = s[(g * nb + b) * 16 + c];
+                    for (int64_t k2 = g * G / 2; k2 < (g + 1) * G / 2; k2++) { /* G is even */
+                        const int8_t *p = q + (k2 * nb + b) * 32 + 2 * c;
+                        out[2 * k2] = (float)p[0] * scale;
+                        out[2 * k2 + 1] = (float)p[1] * scale;
+                    }
+                }
+            }
     }
 }
 
