@@ -59,3 +59,16 @@ def test_the_table_says_so_when_the_server_did_not_answer() -> None:
     table = bench.format_table(result)
     assert "peer: torchao" in table and "torchao not importable here" in table
     assert "lacks AMX" in table and "path at bf16" in table
+
+
+def test_the_mixed_load_bench_times_an_embedding_during_a_generation_both_ways(
+    model_cache: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from motif.bench import mixed
+
+    assert mixed.main(["--quick", "--cache-dir", str(model_cache), "--seconds", "2", "--rounds", "1"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    for name in ("budget", "full teams"):
+        figures = result["medians"][name]
+        assert set(figures) == {"embed_alone_s", "generate_alone_s", "embed_mixed_s", "generate_mixed_s"}
+        assert all(value > 0 for value in figures.values())
