@@ -34,7 +34,9 @@ class Settings(BaseSettings):
     cpu_path: Literal["auto", "avx512", "avx2", "torch"] = Field(
         "auto", description="int8 kernels: auto = avx512 with AVX512-VNNI, else avx2 with AVX2+FMA, else torch"
     )
-    embedding_threads: int = Field(0, ge=0, description="threads an embedding uses; 0 = half the cores")
+    embedding_threads: int = Field(
+        0, ge=0, description="threads an embedding uses; 0 = half the cores while a generation runs, else all"
+    )
     generation_threads: int = Field(
         0, ge=0, description="threads a decode step uses; 0 = all cores, less EMBEDDING_THREADS while one runs"
     )

@@ -28,12 +28,20 @@ def test_defaults_split_a_small_machine_instead_of_doubling_it() -> None:
     assert (budget.embedding, budget.generation) == (1, 2)
     assert budget.generation_threads() == 2  # alone: every core
     torch.set_num_threads(2)
-    with budget.embedding_work():
+    with budget.generation_work(), budget.embedding_work():
         assert torch.get_num_threads() == 1
         assert budget.generation_threads() == 1  # together: 1 + 1 on 2 cores
     assert budget.generation_threads() == 2
     assert torch.get_num_threads() == 2  # the embedding's thread gets its own count back
     assert CoreBudget(16).embedding == 8
+
+
+def test_an_embedding_with_no_generation_running_takes_every_core_unless_its_threads_are_set() -> None:
+    torch.set_num_threads(1)
+    with CoreBudget(2).embedding_work():
+        assert torch.get_num_threads() == 2
+    with CoreBudget(4, embedding=1).embedding_work():
+        assert torch.get_num_threads() == 1
 
 
 def test_explicit_budgets_that_fit_together_are_kept() -> None:

@@ -221,7 +221,7 @@ class Engine:
                 _deliver(job, error)
             return
         more = None if take_more is None else (lambda n: self._plan_all(take_more(n)))
-        with self._decode_lock:
+        with self._decode_lock, self.cores.generation_work():
             generator.run(self._plan_all(jobs), more, on_step)
 
     def _plan_all(self, jobs: list[GenerationJob]) -> list[DecodeTask]:

@@ -3,8 +3,9 @@
 Each worker is one Python thread, and torch's intra-op thread count (OpenMP, which the int8 kernels use
 too) is set per calling thread. Left alone, both start a full team on the same cores; a decode step has
 hundreds of barriers, so a generation thread descheduled by an embedding stalls the whole team, and the
-upload waits behind it. Here an embedding takes EMBEDDING_THREADS, and while one runs the decode loop
-steps with what is left of GENERATION_THREADS on the cores (at least one); alone, it has them all.
+upload waits behind it. Here an embedding takes EMBEDDING_THREADS while a generation runs (by default half the
+cores; all of them when no generation runs), and while one runs the decode loop steps with what is left of
+GENERATION_THREADS on the cores (at least one); alone, it has them all.
 """
 
 from __future__ import annotations
@@ -28,16 +29,36 @@ def available_cores() -> int:
 class CoreBudget:
     """Threads for embeddings and decode steps on `n_cores`. Thread-safe.
 
-    embedding / generation: 0 picks the default: embeddings get half the cores (at least one), generation
-    all of them, less the embedding threads while an embedding runs.
+    embedding / generation: 0 picks the default: embeddings get half the cores (at least one) while a
+    generation runs and all of them otherwise, generation all of them, less the embedding threads while an
+    embedding runs. A number set for embeddings holds whether or not a generation runs.
     """
 
     def __init__(self, n_cores: int, embedding: int = 0, generation: int = 0) -> None:
         self.n_cores = max(1, n_cores)
+        self.embedding_fixed = embedding > 0
         self.embedding = embedding or max(1, self.n_cores // 2)
         self.generation = generation or self.n_cores
         self._lock = threading.Lock()
         self._embedding_active = 0
+        self._generating = 0
+
+    @contextmanager
+    def generation_work(self) -> Iterator[None]:
+        """Around a decode loop: embeddings started meanwhile take their share, not every core."""
+        with self._lock:
+            self._generating += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._generating -= 1
+
+    def embedding_threads(self) -> int:
+        """Threads for an embedding starting now: its share while a generation runs (or as set), else all."""
+        with self._lock:
+            generating = self._generating > 0
+        return self.embedding if generating or self.embedding_fixed else self.n_cores
 
     @contextmanager
     def embedding_work(self) -> Iterator[None]:
@@ -49,7 +70,7 @@ class CoreBudget:
         with self._lock:
             self._embedding_active += 1
         before = torch.get_num_threads()
-        torch.set_num_threads(self.embedding)
+        torch.set_num_threads(self.embedding_threads())
         try:
             yield
         finally:
