@@ -84,8 +84,10 @@ def peer_onnxruntime(path: str, seconds: float, cache_dir: Path, quick: bool) ->
     except ImportError:
         return {"rtf": None, "note": "not run: onnxruntime not installed (pip install 'motif[bench]')"}
     from motif.bench import onnx_peer
+    from motif.bench.onnx_export import has_vnni
 
-    note = (f"onnxruntime {onnxruntime.__version__}, int8 per-channel weights (quantize_dynamic: MatMulInteger), "
+    bits = "int8" if has_vnni() else "7-bit (reduce_range: no VNNI here)"
+    note = (f"onnxruntime {onnxruntime.__version__}, {bits} per-channel weights (quantize_dynamic: MatMulInteger), "
             "T5 + EnCodec in torch fp32")  # fmt: skip
     return _measure(note, lambda: onnx_peer.measure(path, cache_dir, seconds, quick))
 
