@@ -51,7 +51,7 @@ class OvStep(StepShape):
         import openvino
 
         compiled = openvino.Core().compile_model(path, "CPU", {"INFERENCE_NUM_THREADS": threads, **COMPILE_PROPERTIES})
-        self.precision = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
+        self.precision = compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
         self.request = compiled.create_infer_request()
         self.read_shape(model)
 
