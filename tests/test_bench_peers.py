@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 
-from motif.bench.onnx_export import DecoderStep, cross_kv
+from motif.bench.onnx_export import DecoderStep, cross_kv, export_fp32
 from motif.bench.peers import peer_onnxruntime
 from motif.engine import models
 
@@ -55,8 +56,35 @@ def test_openvino_peer_measures_the_int8_weight_step(model_cache: Path, tmp_path
 
     report = peer_openvino(str(models.build_tiny_generator(model_cache)), 0.5, tmp_path, quick=True)
     assert report["rtf"] is not None and math.isfinite(report["rtf"]) and report["rtf"] > 0, report["note"]
-    assert report["fidelity"]["rel_err"] < 0.05 and report["fidelity"]["top1"] > 0.9
+    # INT8 weights alone give 0.0065 here; the broken attention kernel gave 0.025
+    assert report["fidelity"]["rel_err"] < 0.015 and report["fidelity"]["top1"] > 0.9
     assert list((tmp_path / "onnx-peer" / "openvino").glob("*/decoder_step.int8.xml"))
+
+
+def test_openvino_runs_the_fp32_step_as_torch_does_in_the_real_head_layout(tmp_path: Path) -> None:
+    """From an empty past (a decode's first step) to 12 keys: OpenVINO's fused attention kernel, once run on 1 key,
+    went wrong from 8 keys on. Two layers of 64-wide heads, as in every MusicGen checkpoint."""
+    pytest.importorskip("openvino", reason="the bench extra (openvino) is not installed")
+    from transformers import MusicgenDecoderConfig, MusicgenForCausalLM
+
+    from motif.bench.ov_peer import OvStep
+
+    config = MusicgenDecoderConfig(vocab_size=2048, hidden_size=256, num_attention_heads=4, ffn_dim=512,
+                                   num_hidden_layers=2, num_codebooks=4, max_position_embeddings=64)  # fmt: skip
+    model = SimpleNamespace(decoder=MusicgenForCausalLM(config).eval())
+    export_fp32(model, tmp_path / "step.onnx")
+    session, reference = OvStep(tmp_path / "step.onnx", model, 1), DecoderStep(model).eval()
+    states, bias = torch.randn(2, 5, 256), torch.zeros(2, 1, 1, 5)
+    past, past_t = session.zeros(2, 0), [torch.from_numpy(a) for a in session.zeros(2, 0)]
+    with torch.inference_mode():
+        cross_t = cross_kv(model, states)
+        cross = [c.numpy() for c in cross_t]
+        for _ in range(12):
+            ids = torch.randint(0, 2048, (2, 4))
+            want, *past_t = reference(ids, bias, *past_t, *cross_t)
+            got, past = session.run(ids.numpy(), bias.numpy(), past, cross)
+            torch.testing.assert_close(torch.from_numpy(got), want, atol=1e-4, rtol=1e-4)
+    assert past[0].shape[2] == 12
 
 
 def test_a_peer_that_cannot_run_is_a_null_with_the_reason(tmp_path: Path) -> None:

@@ -159,7 +159,7 @@ def cached_export(model: Any, model_path: str | Path, cache_dir: Path, runtime: 
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        _export_fp32(model, tmp / "decoder_step.fp32.onnx")
+        export_fp32(model, tmp / "decoder_step.fp32.onnx")
         convert(tmp / "decoder_step.fp32.onnx", tmp / filename)
         for path in tmp.glob("decoder_step.fp32.onnx*"):  # 4 bytes a weight: not worth keeping on disk
             path.unlink()
@@ -172,7 +172,9 @@ def cached_export(model: Any, model_path: str | Path, cache_dir: Path, runtime: 
     return target / filename
 
 
-def _export_fp32(model: Any, path: Path) -> None:
+def export_fp32(model: Any, path: Path) -> None:
+    """`DecoderStep` of model as an fp32 ONNX graph at path (weights in external data beside it), dynamic in
+    rows, past length and text length."""
     step = DecoderStep(model).eval()
     n_layers, n_codebooks = len(step.layers), len(step.embed_tokens)
     n_heads, head_dim = step.n_heads, model.decoder.config.hidden_size // step.n_heads

@@ -2,9 +2,8 @@
 
 `openvino.convert_model` reads the fp32 ONNX step that the ONNX Runtime peer starts from; `nncf.compress_weights`
 (INT8_ASYM: int8 per-output-channel weights, decompressed in the matmul) is what optimum-intel's
-`--weight-format int8` applies. The CPU plugin runs with f32 activations: its default on CPUs with AVX512-BF16
-or AMX is bf16, which gave NaN logits after 18 positions on the tiny model (OpenVINO 2026.4), so the hint is
-pinned. Everything else is measured as in `onnx_peer`.
+`--weight-format int8` applies. The CPU plugin runs with f32 activations and without its generated attention
+kernel (`COMPILE_PROPERTIES`). Everything else is measured as in `onnx_peer`.
 """
 
 from __future__ import annotations
@@ -17,6 +16,14 @@ import numpy as np
 from motif.bench.onnx_export import StepShape, cached_export
 
 IR_FILE = "decoder_step.int8.xml"
+
+# f32: the CPU plugin's default on CPUs with AVX512-BF16 or AMX is bf16, which gave NaN logits after 18 positions
+# on the tiny model. SNIPPETS_MODE DISABLE: the plugin's snippets fuse q @ k^T, softmax and @ v into one generated
+# kernel, and with a dynamic key length that kernel is wrong from 8 keys on, for every request of the compiled
+# model, once its first inference had 1 key, as a decode's first step (empty past) has (OpenVINO 2026.4.1:
+# logits rel err 1.4 on musicgen-small, 0.025 instead of 0.0065 on the tiny model). Without it the plugin runs
+# MatMul, Softmax, MatMul nodes, no slower at 2 and 8 rows (2 layers of musicgen-small).
+COMPILE_PROPERTIES = {"INFERENCE_PRECISION_HINT": "f32", "SNIPPETS_MODE": "DISABLE"}
 
 
 def exported_ir(model: Any, model_path: str | Path, cache_dir: Path) -> Path:
@@ -37,14 +44,14 @@ def _compress(source: Path, target: Path) -> None:
 
 
 class OvStep(StepShape):
-    """The compiled IR behind the same interface as `onnx_peer.OrtStep` (run, zeros, n_codebooks)."""
+    """The compiled IR (or any model file OpenVINO reads, such as the fp32 ONNX step) behind the same interface
+    as `onnx_peer.OrtStep` (run, zeros, n_codebooks)."""
 
     def __init__(self, path: Path, model: Any, threads: int) -> None:
         import openvino
 
-        properties = {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32"}
-        compiled = openvino.Core().compile_model(path, "CPU", properties)
-        self.precision = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
+        compiled = openvino.Core().compile_model(path, "CPU", {"INFERENCE_NUM_THREADS": threads, **COMPILE_PROPERTIES})
+        self.precision = compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
         self.request = compiled.create_infer_request()
         self.read_shape(model)
 
@@ -60,4 +67,4 @@ def open_ov_step(model: Any, path: str, cache_dir: Path, threads: int) -> tuple[
     ir_path = exported_ir(model, path, cache_dir)
     step = OvStep(ir_path, model, threads)
     size = ir_path.with_suffix(".bin").stat().st_size / 1e6
-    return step, f"{size:.0f} MB INT8-weight IR, {step.precision} activations"
+    return step, f"{size:.0f} MB INT8-weight IR, {step.precision} activations, attention snippets off"
