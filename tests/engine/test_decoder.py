@@ -340,6 +340,7 @@ def test_a_long_int8_prefill_runs_as_matmuls_within_int8_error_of_fp32(
     reference = _long_prefill(StaticCacheDecoder(copy.deepcopy(model), False, 128), tokens, states, mask)
     unpacked: list[torch.dtype] = []
     monkeypatch.setattr(cpuops.Int8Linear, "dequantized", _counting(cpuops.Int8Linear.dequantized, unpacked))
+    monkeypatch.setattr(decoder_module, "WIDE_F32_ROWS", decoder_module.WIDE_PREFILL_ROWS)  # a short cache here
     wide = StaticCacheDecoder(copy.deepcopy(model), False, 128, int8=True)
     assert wide.wide_prefill is not None
     wide.wide_prefill = dtype
@@ -355,14 +356,18 @@ def test_a_long_int8_prefill_runs_as_matmuls_within_int8_error_of_fp32(
     torch.testing.assert_close(got[1], reference[1], rtol=0.05, atol=0.05)
 
 
-@needs_any_kernel
-def test_a_short_int8_prefill_stays_on_the_int8_kernel(model: Any) -> None:
-    """Below WIDE_PREFILL_ROWS positions, unpacking would cost more than it saves: the same logits as without."""
+@pytest.mark.parametrize("dtype", WIDE_DTYPES)
+def test_a_short_int8_prefill_stays_on_the_int8_kernel(model: Any, dtype: torch.dtype) -> None:
+    """Below WIDE_PREFILL_ROWS positions (bf16), or WIDE_F32_ROWS rows (float32), unpacking would cost more than
+    it saves: the same logits as without."""
     states, mask = _memory()
-    tokens = _tokens(decoder_module.WIDE_PREFILL_ROWS - 1 + 4)
+    n_prefill = decoder_module.WIDE_PREFILL_ROWS - 1 if dtype == torch.bfloat16 else decoder_module.WIDE_PREFILL_ROWS
+    assert n_prefill < decoder_module.WIDE_F32_ROWS
+    tokens = _tokens(n_prefill + 4)
     wide, narrow = (StaticCacheDecoder(copy.deepcopy(model), False, 128, int8=True) for _ in range(2))
     narrow.wide_prefill = None
     assert wide.wide_prefill is not None
+    wide.wide_prefill = dtype
     assert torch.equal(_long_prefill(wide, tokens, states, mask)[0], _long_prefill(narrow, tokens, states, mask)[0])
 
 

@@ -49,6 +49,10 @@ log = logging.getLogger(__name__)
 CACHE_CHUNK = 256  # positions the KV cache grows by
 Condition = tuple[torch.Tensor | None, torch.Tensor | None]  # a row's (encoder_states, encoder_mask)
 WIDE_PREFILL_ROWS = 64  # int8 prefills at least this long run their projections as bf16 matmuls
+# In float32 (no native bf16) the int8 kernel keeps up with the matmul longer: on an AVX2-only AMD EPYC (2 cores)
+# a 1024 x 4096 projection of 384 / 512 / 768 / 1002 rows took 28 / 38 / 50 / 68 ms in the kernel against
+# 32 / 39 / 44 / 62 ms unpacked to float32 and multiplied. So float32 only from this many rows (positions x rows).
+WIDE_F32_ROWS = 640
 
 
 class StaticCacheDecoder:
@@ -299,11 +303,14 @@ class StaticCacheDecoder:
     def _wide(self, proj: Projection, x: torch.Tensor) -> torch.Tensor:
         """proj(x) for a prefill's (rows, time, in) -> (rows, time, out) float32. An int8 projection over at least
         WIDE_PREFILL_ROWS positions, where `wide_prefill`, is unpacked to that dtype and run as one matmul
-        (bf16: AMX or AVX512-BF16; else float32), several times faster than the int8 kernel on that many rows,
-        within its error. Only prefills call this, and the test is the prefill's own length, never a batch's:
-        what a task gets never depends on what else runs."""
+        (bf16: AMX or AVX512-BF16, several times faster than the int8 kernel on that many rows; float32 from
+        WIDE_F32_ROWS rows, about 10% faster), within its error. Only prefills call this, and the test is the
+        prefill's own size (its positions and CFG rows), never a batch's: what a task gets never depends on what
+        else runs."""
         dtype = self.wide_prefill
         if dtype is None or not isinstance(proj, Int8Linear) or x.shape[-2] < WIDE_PREFILL_ROWS:
+            return proj(x)
+        if dtype == torch.float32 and x.shape[:-1].numel() < WIDE_F32_ROWS:
             return proj(x)
         rows = x.reshape(-1, x.shape[-1])
         weight = proj.dequantized(dtype)[: proj.out_features, : proj.in_features]
